@@ -1,0 +1,1 @@
+"""facefoundry flows package."""
