@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/facefoundry run recipes/demo.yaml
+	$(BIN)/facefoundry recipe check recipes/demo.yaml
+	$(BIN)/facefoundry eval lfw --embedder sface --pairs devtest --json runs/demo/eval/lfw-devtest-sface.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,44 @@
+import pytest
+
+from flows.config import RecipeError, load_recipe
+
+
+def test_misspelled_key_names_the_key_the_file_and_the_nearest_valid_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: demo\nfaces:\n  embeder: dlib\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    message = str(info.value)
+    assert "faces.embeder" in message and str(recipe) in message
+    assert "did you mean 'embedder'" in message
+
+
+def test_unknown_top_level_section_is_rejected(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("fases: {}\n")
+    with pytest.raises(RecipeError, match="did you mean 'faces'"):
+        load_recipe(recipe)
+
+
+def test_set_overrides_are_typed_and_validated():
+    recipe = load_recipe(None, ["faces.embedder=dlib", "faces.workers=3", "seed=7"])
+    assert recipe.faces.embedder == "dlib" and recipe.faces.workers == 3 and recipe.seed == 7
+    with pytest.raises(RecipeError, match="with --set overrides"):
+        load_recipe(None, ["faces.workers=0"])
+    with pytest.raises(RecipeError, match="key.path=value"):
+        load_recipe(None, ["faces.workers"])
+
+
+def test_section_hash_changes_only_with_its_section():
+    a, b = load_recipe(None), load_recipe(None, ["evaluation.flip_tta=false"])
+    assert a.section_hash("faces") == b.section_hash("faces")
+    assert a.section_hash("evaluation") != b.section_hash("evaluation")
+
+
+def test_shipped_recipes_validate():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert recipes, "recipes/ should ship at least the demo recipe"
+    for path in recipes:
+        load_recipe(path)
