@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faces.align import align_face
 from faces.detect import Detection, Detector, centred_fallback_landmarks, get_detector, select_face
 from faces.embedders import Embedder, get_embedder
 from faces.io import FaceImageError, as_rgb_uint8, decode_image, load_image
@@ -56,6 +57,7 @@ class FaceOutcome:
 class FaceBatchResult:
     outcomes: list[FaceOutcome] = field(default_factory=list)
     embeddings: np.ndarray | None = None  # len(outcomes) x dim, NaN rows for rejects
+    aligned: np.ndarray | None = None  # N x S x S x 3 template-aligned faces, if asked for
 
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -82,6 +84,7 @@ def process_images(
     flip_tta: bool = False,
     batch_size: int = 64,
     on_progress: Callable[[int], None] | None = None,
+    keep_aligned: int | None = None,
 ) -> FaceBatchResult:
     """Detect, select, crop and embed each image; batches crops through the embedder.
 
@@ -94,6 +97,7 @@ def process_images(
     vectors: dict[int, np.ndarray] = {}
     pending_crops: list[np.ndarray] = []
     pending_rows: list[int] = []
+    aligned: dict[int, np.ndarray] = {}
 
     def flush() -> None:
         if not pending_crops:
@@ -136,6 +140,8 @@ def process_images(
         outcome.box = [float(v) for v in chosen.box]
         outcome.landmarks = [float(v) for v in chosen.landmarks.reshape(-1)]
         pending_crops.append(embedder.prepare(image, chosen))
+        if keep_aligned:
+            aligned[len(outcomes)] = _aligned_at(image, chosen, keep_aligned)
         pending_rows.append(len(outcomes))
         outcomes.append(outcome)
         if len(pending_crops) >= batch_size:
@@ -144,7 +150,21 @@ def process_images(
     embeddings = np.full((len(outcomes), embedder.dim), np.nan, dtype=np.float32)
     for row, vector in vectors.items():
         embeddings[row] = vector
-    return FaceBatchResult(outcomes, embeddings)
+    kept = None
+    if keep_aligned:
+        kept = np.zeros((len(outcomes), keep_aligned, keep_aligned, 3), dtype=np.uint8)
+        for row, face in aligned.items():
+            kept[row] = face
+    return FaceBatchResult(outcomes, embeddings, kept)
+
+
+def _aligned_at(image: np.ndarray, detection: Detection, size: int) -> np.ndarray:
+    import cv2
+
+    face = align_face(image, detection.landmarks)
+    if size == face.shape[0]:
+        return face
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _centred_detection(shape: tuple[int, ...]) -> Detection:
@@ -206,6 +226,7 @@ def process_images_parallel(
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     merged = FaceBatchResult()
     parts: list[np.ndarray] = []
+    aligned_parts: list[np.ndarray] = []
     with ProcessPoolExecutor(
         workers,
         mp_context=get_context("spawn"),
@@ -215,9 +236,12 @@ def process_images_parallel(
         for part in pool.map(_run_chunk, chunks, [options] * len(chunks)):
             merged.outcomes.extend(part.outcomes)
             parts.append(part.embeddings)
+            if part.aligned is not None:
+                aligned_parts.append(part.aligned)
             bar.update(len(part.outcomes))
     bar.close()
     merged.embeddings = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    merged.aligned = np.concatenate(aligned_parts) if aligned_parts else None
     return merged
 
 

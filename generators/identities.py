@@ -1,0 +1,153 @@
+"""Synthetic identities: who exists in a dataset, before any image is drawn.
+
+An identity is a unit vector in the conditioning embedder's space plus the seed and
+method that made it. Methods: ``uniform`` (normalised Gaussian = uniform on the
+sphere, IDiff-Face's "synthetic uniform"), ``separated`` (uniform with rejection of
+candidates whose cosine to an accepted identity exceeds ``tau``, checked in blocks so
+memory stays O(block x n)), and ``two_stage`` (embeddings of unconditional samples,
+which stay on the manifold of real faces).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("uniform", "separated", "two_stage")
+
+
+@dataclass
+class IdentityTable:
+    """identity ids (0..n-1), unit embeddings (n x d float32), per-identity seeds, method."""
+
+    ids: np.ndarray
+    embeddings: np.ndarray
+    seeds: np.ndarray
+    method: str
+    embedder: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def save(self, path: str | Path) -> Path:
+        """Write identities.parquet (id, method, seed, embedding) atomically."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dim = self.embeddings.shape[1]
+        flat = pa.array(self.embeddings.astype(np.float32).reshape(-1), type=pa.float32())
+        table = pa.table({
+            "identity": pa.array(self.ids.astype(np.int64)),
+            "method": pa.array([self.method] * len(self)),
+            "seed": pa.array(self.seeds.astype(np.int64)),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }).replace_schema_metadata({"facefoundry.embedder": self.embedder})
+        partial = path.with_name(path.name + ".partial")
+        pq.write_table(table, partial)
+        partial.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> IdentityTable:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if table.num_rows == 0:
+            raise ValueError(f"{path}: the identity table is empty")
+        embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+        meta = table.schema.metadata or {}
+        return cls(
+            ids=table.column("identity").to_numpy(),
+            embeddings=embeddings.astype(np.float32),
+            seeds=table.column("seed").to_numpy(),
+            method=str(table.column("method")[0]),
+            embedder=meta.get(b"facefoundry.embedder", b"").decode(),
+        )
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def sample_uniform(n: int, dim: int, seed: int) -> np.ndarray:
+    """n unit vectors uniform on the sphere S^(dim-1)."""
+    if n <= 0:
+        raise ValueError("the number of identities must be positive")
+    return _unit(np.random.default_rng(seed).standard_normal((n, dim)))
+
+
+def sample_separated(n: int, dim: int, seed: int, tau: float = 0.3, block: int = 4096,
+                     max_draws: int | None = None) -> np.ndarray:
+    """n unit vectors with pairwise cosine <= ``tau`` (greedy rejection in blocks).
+
+    Raises if the bound cannot be met within ``max_draws`` candidates (too many
+    identities for the dimension and tau).
+    """
+    if n <= 0:
+        raise ValueError("the number of identities must be positive")
+    rng = np.random.default_rng(seed)
+    accepted = np.empty((n, dim), dtype=np.float32)
+    count, drawn = 0, 0
+    max_draws = max_draws or 50 * n + 10 * block
+    while count < n:
+        if drawn >= max_draws:
+            raise RuntimeError(
+                f"only {count} of {n} identities found with cosine <= {tau} after {drawn} "
+                f"draws in {dim} dimensions: lower n or raise tau"
+            )
+        candidates = _unit(rng.standard_normal((block, dim)))
+        drawn += block
+        ok = np.ones(block, dtype=bool)
+        for start in range(0, count, block):  # against accepted identities, blockwise
+            sims = candidates @ accepted[start : min(count, start + block)].T
+            ok &= sims.max(axis=1) <= tau
+        block_start = count
+        for index in np.flatnonzero(ok):  # greedy within the block
+            if count == n:
+                break
+            vector = candidates[index]
+            if count > block_start and (accepted[block_start:count] @ vector).max() > tau:
+                continue
+            accepted[count] = vector
+            count += 1
+    return accepted
+
+
+def sample_two_stage(n: int, seed: int, generate_unconditional: Callable[[int, int], np.ndarray],
+                     embed: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Embeddings of n unconditional samples: ``generate_unconditional(n, seed)`` returns
+    aligned faces (n x 112 x 112 x 3 uint8), ``embed`` maps them to unit vectors; rows
+    that fail to embed (NaN) are redrawn with the next seed."""
+    vectors: list[np.ndarray] = []
+    attempt = 0
+    while len(vectors) < n and attempt < 10:
+        faces = generate_unconditional(n - len(vectors), seed + attempt)
+        embedded = embed(faces)
+        vectors.extend(v for v in embedded if np.all(np.isfinite(v)))
+        attempt += 1
+    if len(vectors) < n:
+        raise RuntimeError(f"two-stage sampling embedded only {len(vectors)} of {n} faces")
+    return _unit(np.stack(vectors[:n]))
+
+
+def make_identities(n: int, dim: int, seed: int, method: str = "uniform", tau: float = 0.3,
+                    embedder: str = "", **two_stage) -> IdentityTable:
+    """Build an identity table by ``method``; identity i's seed is seed * 1_000_003 + i."""
+    if method == "uniform":
+        embeddings = sample_uniform(n, dim, seed)
+    elif method == "separated":
+        embeddings = sample_separated(n, dim, seed, tau)
+    elif method == "two_stage":
+        embeddings = sample_two_stage(n, seed, **two_stage)
+    else:
+        raise ValueError(f"unknown identity method {method!r}; use one of {METHODS}")
+    ids = np.arange(n, dtype=np.int64)
+    return IdentityTable(ids, embeddings, seed * 1_000_003 + ids, method, embedder)

@@ -1,0 +1,138 @@
+"""The generation stage for IDiff-Face: one chunk of identities -> candidate images on disk.
+
+Output per chunk (the contract the embed/filter stages read):
+``part-NNNNN.tar`` with ``{key}.jpg`` (aligned 112 x 112 face) and ``{key}.json`` per
+sample, and ``part-NNNNN.parquet`` with one row per sample (key, identity, sample,
+seed, generator, model checksum, scheduler, steps, guidance). The parquet is written
+last, so a chunk is complete exactly when its parquet exists; a killed chunk is
+simply redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from generators.identities import IdentityTable
+from generators.seeds import sample_seed
+from generators.settings import GenerateSettings
+
+logger = logging.getLogger(__name__)
+
+
+def chunk_paths(out_dir: str | Path, part: int) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    return out_dir / f"part-{part:05d}.tar", out_dir / f"part-{part:05d}.parquet"
+
+
+def model_checksum(folder: str | Path) -> str:
+    """SHA-256 over the model folder's weight and config files (sorted by name)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.suffix in (".safetensors", ".json"):
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _jittered(identity: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    if sigma <= 0:
+        return identity
+    noise = np.random.default_rng(seed).standard_normal(identity.shape).astype(np.float32)
+    moved = identity + sigma * noise / np.sqrt(len(identity))
+    return moved / np.linalg.norm(moved)
+
+
+_PIPELINES: dict = {}
+
+
+def load_pipeline(settings: GenerateSettings):
+    """The sampling pipeline, loaded once per process (per worker on a Dask cluster)."""
+    import torch
+
+    from generators.idiff_face.pipeline import IDiffFacePipeline
+
+    key = (settings.model, settings.scheduler, settings.device, settings.dtype)
+    if key not in _PIPELINES:
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipeline = IDiffFacePipeline.from_pretrained(
+            settings.model, settings.scheduler, device=device, dtype=getattr(torch, settings.dtype)
+        )
+        _PIPELINES[key] = (pipeline, model_checksum(settings.model))
+    return _PIPELINES[key]
+
+
+def generate_chunk(
+    identities_path: str | Path,
+    identity_ids: list[int],
+    out_dir: str | Path,
+    part: int,
+    settings: GenerateSettings,
+    recipe_seed: int,
+    progress: bool = False,
+) -> Path:
+    """Generate ``samples_per_identity`` images for each identity of one chunk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shards.atomic import atomic_open
+    from shards.images import encode_face_jpeg
+    from shards.layout import make_key
+    from shards.tarformat import encode_members
+
+    tar_path, parquet_path = chunk_paths(out_dir, part)
+    if parquet_path.is_file():
+        logger.info("chunk %d already complete, skipping", part)
+        return parquet_path
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    table = IdentityTable.load(identities_path)
+    position = {int(i): row for row, i in enumerate(table.ids)}
+    missing = [i for i in identity_ids if int(i) not in position]
+    if missing:
+        raise KeyError(f"identities {missing[:5]} are not in {identities_path}")
+    pipeline, checksum = load_pipeline(settings)
+    if table.embeddings.shape[1] != pipeline.model.config.id_dim:
+        raise ValueError(
+            f"{identities_path} holds {table.embeddings.shape[1]}-d identities but the model "
+            f"{settings.model} expects {pipeline.model.config.id_dim}-d"
+        )
+    rows, vectors, seeds = [], [], []
+    for identity in identity_ids:
+        base = table.embeddings[position[int(identity)]]
+        for sample in range(settings.samples_per_identity):
+            seed = sample_seed(recipe_seed, identity, sample)
+            vectors.append(_jittered(base, settings.context_noise,
+                                     sample_seed(recipe_seed, identity, sample, "context")))
+            seeds.append(seed)
+            rows.append({
+                "key": make_key(int(identity), sample),
+                "identity": int(identity),
+                "sample": sample,
+                "seed": seed,
+                "generator": "idiff_face",
+                "model_checksum": checksum,
+                "scheduler": settings.scheduler,
+                "steps": settings.steps,
+                "guidance_scale": settings.guidance_scale,
+                "prompt": None,
+            })
+    images = pipeline(np.stack(vectors), seeds, steps=settings.steps,
+                      guidance_scale=settings.guidance_scale, batch_size=settings.batch_size,
+                      progress=progress)
+    members = []
+    for row, image in zip(rows, images, strict=True):
+        members.append((f"{row['key']}.jpg".encode(), encode_face_jpeg(image, settings.jpeg_quality)))
+        members.append((f"{row['key']}.json".encode(),
+                        json.dumps(row, sort_keys=True).encode()))
+    with atomic_open(tar_path) as handle:
+        handle.write(encode_members(members))
+    partial = parquet_path.with_name(parquet_path.name + ".partial")
+    pq.write_table(pa.Table.from_pylist(rows), partial)
+    partial.replace(parquet_path)
+    return parquet_path

@@ -1,0 +1,159 @@
+"""IDiff-Face on tiny seeded models: real forward passes, real training steps."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from generators.idiff_face.config import IDiffFaceConfig
+from generators.idiff_face.model import (
+    IDiffFaceModel,
+    ModelFolderError,
+    contextual_partial_dropout,
+)
+from generators.idiff_face.pipeline import IDiffFacePipeline
+from generators.idiff_face.train import Trainer, TrainSettings
+from generators.training_data import FaceTrainingSet
+
+
+def tiny_config(**overrides) -> IDiffFaceConfig:
+    values = dict(sample_size=16, block_out_channels=(8, 16), attention_levels=(1,),
+                  attention_head_dim=4, norm_num_groups=4, id_dim=12, context_tokens=2,
+                  context_dim=8, image_size=16)
+    values.update(overrides)
+    return IDiffFaceConfig(**values)
+
+
+def tiny_data(n: int = 8, dim: int = 12) -> FaceTrainingSet:
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    embeddings = rng.standard_normal((n, dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return FaceTrainingSet(faces, embeddings, np.arange(n), [str(i) for i in range(n)],
+                           {"name": "toy", "checksum": "0"})
+
+
+def test_forward_and_backward_reach_every_part():
+    torch.manual_seed(0)
+    model = IDiffFaceModel(tiny_config())
+    x = torch.randn(3, 3, 16, 16)
+    out = model(x, torch.tensor([1, 500, 999]), torch.randn(3, 12))
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    assert model.conditioner.to_context.weight.grad.abs().sum() > 0
+    assert model.unet.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_cpd_drops_elements_not_whole_vectors_at_the_configured_rate():
+    torch.manual_seed(0)
+    context = torch.ones(2000, 4, 64)
+    dropped = contextual_partial_dropout(context, 0.25)
+    zero_fraction = (dropped == 0).float().mean().item()
+    assert abs(zero_fraction - 0.25) < 0.01
+    per_token = (dropped == 0).float().mean(-1)
+    assert (per_token < 1).all(), "no token should be dropped as a whole"
+    assert torch.allclose(dropped[dropped != 0], torch.tensor(1 / 0.75))
+    model = IDiffFaceModel(tiny_config(cpd_p=0.5)).train()
+    identity = torch.randn(1, 12)
+    a, b = model.conditioner(identity), model.conditioner(identity)
+    assert not torch.equal(a, b)  # dropout is active in training ...
+    model.eval()
+    assert torch.equal(model.conditioner(identity), model.conditioner(identity))  # ... not in eval
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    torch.manual_seed(0)
+    settings = TrainSettings(steps=40, batch_size=8, learning_rate=3e-3, warmup_steps=1,
+                             checkpoint_every=1000, p_uncond=0.0, hflip=False)
+    trainer = Trainer(IDiffFaceModel(tiny_config(cpd_p=0.0)), tiny_data(), settings, tmp_path)
+    with torch.no_grad():
+        before = float(trainer.loss_at(10_000))
+    for _ in range(40):
+        trainer.train_step()
+    with torch.no_grad():
+        after = float(trainer.loss_at(10_000))
+    assert after < 0.8 * before
+
+
+def test_save_and_resume_give_the_identical_next_step(tmp_path):
+    settings = TrainSettings(steps=10, batch_size=4, learning_rate=1e-3, warmup_steps=2,
+                             checkpoint_every=1000)
+    torch.manual_seed(0)
+    first = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)
+    for _ in range(3):
+        first.train_step()
+    first.save_checkpoint()
+    expected = first.train_step()
+
+    torch.manual_seed(123)  # a different initialisation, overwritten by the checkpoint
+    second = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)
+    assert second.load_checkpoint()
+    assert second.step == 3
+    assert second.train_step() == expected
+
+
+def test_checkpoints_and_model_folders_are_safetensors(tmp_path):
+    settings = TrainSettings(steps=2, batch_size=4, checkpoint_every=1000)
+    trainer = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)
+    trainer.fit(progress=False)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix not in (".json",)]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 2
+    reloaded = IDiffFaceModel.from_pretrained(tmp_path / "model")
+    assert reloaded.config == trainer.config
+
+
+def test_same_seed_same_image_and_any_image_regenerates_alone():
+    torch.manual_seed(0)
+    pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")
+    identities = np.random.default_rng(1).standard_normal((3, 12)).astype(np.float32)
+    a = pipeline(identities, [7, 8, 9], steps=5)
+    b = pipeline(identities, [7, 8, 9], steps=5)
+    assert a.shape == (3, 112, 112, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    alone = pipeline(identities[1:2], [8], steps=5)
+    assert np.abs(alone[0].astype(int) - a[1].astype(int)).max() <= 1  # float batching noise
+    other = pipeline(identities, [7, 8, 10], steps=5)
+    assert not np.array_equal(other[2], a[2])
+
+
+def test_guidance_and_reference_ddpm_sampler_run():
+    torch.manual_seed(0)
+    model = IDiffFaceModel(tiny_config())
+    identities = np.random.default_rng(2).standard_normal((2, 12)).astype(np.float32)
+    guided = IDiffFacePipeline(model, "unipc", device="cpu")(identities, [1, 2], steps=4,
+                                                             guidance_scale=3.0, output_size=32)
+    assert guided.shape == (2, 32, 32, 3)
+    ddpm = IDiffFacePipeline(model, "ddpm", device="cpu")(identities, [1, 2], steps=20,
+                                                          output_size=16)
+    assert ddpm.shape == (2, 16, 16, 3)
+
+
+def test_wrong_embedding_dimension_and_missing_model_are_clear_errors(tmp_path):
+    model = IDiffFaceModel(tiny_config())
+    with pytest.raises(ValueError, match="12-d"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([1]), torch.randn(1, 128))
+    with pytest.raises(ModelFolderError, match="missing"):
+        IDiffFaceModel.from_pretrained(tmp_path / "nothing-here")
+    settings = TrainSettings(steps=1, batch_size=2)
+    with pytest.raises(ValueError, match="expects 12-d"):
+        Trainer(model, tiny_data(dim=16), settings, tmp_path)
+
+
+def test_latent_model_trains_and_samples_through_a_tiny_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4,
+                        norm_num_groups=4, sample_size=16)
+    config = tiny_config(latent=True, in_channels=4, sample_size=16, image_size=16)
+    trainer = Trainer(IDiffFaceModel(config), tiny_data(), TrainSettings(steps=2, batch_size=2),
+                      tmp_path, vae=vae)
+    assert trainer.samples.shape == (8, 4, 16, 16)
+    assert np.isfinite(trainer.train_step())
+    pipeline = IDiffFacePipeline(trainer.model, "ddim", vae=vae, device="cpu")
+    images = pipeline(np.ones((1, 12), np.float32), [3], steps=3, output_size=24)
+    assert images.shape == (1, 24, 24, 3)
