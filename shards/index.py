@@ -1,0 +1,165 @@
+"""Random access: the wids-compatible index JSON and a reader that goes through it.
+
+``{split}.index.json`` follows wids' ``wids-shard-index-v1`` format: a
+``shardlist`` of ``{"url", "nsamples", "filesize"}`` with urls relative to
+the index file, so ``wids.ShardListDataset("DIR/train.index.json")`` works on
+it directly. ``IndexedShards`` reads the same file without wids: it scans each
+shard's headers once (with the safety checks) and then serves any sample by
+global index with ``os.pread``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .atomic import read_json, write_json_atomic
+from .layout import LABELS_JSON, index_path
+from .safety import DEFAULT_MAX_MEMBER_BYTES
+from .tarformat import iter_members, split_name
+
+logger = logging.getLogger(__name__)
+
+INDEX_KIND = "wids-shard-index-v1"
+
+
+def build_index(split: str, shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The index document for a split from the shards' stats (``shard``, ``n_kept``, ``tar_bytes``)."""
+    return {
+        "__kind__": INDEX_KIND,
+        "wids_version": 1,
+        "name": f"facefoundry-{split}",
+        "shardlist": [
+            {"url": f"{s['shard']}.tar", "nsamples": s["n_kept"], "filesize": s["tar_bytes"]}
+            for s in shards
+        ],
+    }
+
+
+def write_index(
+    directory: Path, split: str, shards: Sequence[dict[str, Any]], *, fsync: bool
+) -> Path:
+    """Write ``{split}.index.json`` atomically."""
+    return write_json_atomic(index_path(directory, split), build_index(split, shards), fsync=fsync)
+
+
+def load_labels(directory: Path | str) -> dict[int, int]:
+    """identity id -> contiguous label, from ``labels.json`` (written by finalize)."""
+    path = Path(directory) / LABELS_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run shards.finalize on the directory first")
+    doc = read_json(path)
+    return {int(identity): label for label, identity in enumerate(doc["identity_of_label"])}
+
+
+class IndexedShards:
+    """Map-style dataset over one split: ``ds[i]`` -> ``(uint8 HWC tensor, label)``.
+
+    Indices run over kept samples in shard order (the index's order). With
+    ``decode=False`` items are raw sample dicts (``__key__`` plus one bytes
+    entry per extension). Safe to use in forked DataLoader workers: files are
+    read with ``pread`` and opened lazily per process.
+    """
+
+    def __init__(
+        self,
+        index: Path | str,
+        *,
+        decode: bool = True,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    ) -> None:
+        index = Path(index)
+        if index.is_dir():
+            raise IsADirectoryError(f"{index}: pass the index file, e.g. {index}/train.index.json")
+        doc = read_json(index)
+        if doc.get("wids_version") != 1 or "shardlist" not in doc:
+            raise ValueError(f"{index} is not a wids shard index")
+        self.root = index.parent
+        self.shards = [self.root / s["url"] for s in doc["shardlist"]]
+        self.lengths = [int(s["nsamples"]) for s in doc["shardlist"]]
+        self.starts: list[int] = []
+        total = 0
+        for n in self.lengths:
+            self.starts.append(total)
+            total += n
+        self.total = total
+        self.decode = decode
+        self.max_member_bytes = max_member_bytes
+        self.labels = load_labels(self.root) if decode else None
+        self._members: dict[int, list[tuple[str, list[tuple[str, int, int]]]]] = {}
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _scan(self, shard: int) -> list[tuple[str, list[tuple[str, int, int]]]]:
+        """Sample list of one shard: (key, [(ext, data offset, size), ...]); checked once."""
+        path = self.shards[shard]
+        samples: list[tuple[str, list[tuple[str, int, int]]]] = []
+        with open(path, "rb") as f:
+            members = iter_members(
+                f, source=str(path), max_member_bytes=self.max_member_bytes, read_data=False
+            )
+            for member in members:
+                key, ext = split_name(member.name)
+                if not ext:
+                    continue
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, []))
+                samples[-1][1].append((ext.lower(), member.offset, member.size))
+        if len(samples) != self.lengths[shard]:
+            raise ValueError(
+                f"{path} holds {len(samples)} samples but the index says {self.lengths[shard]}"
+            )
+        return samples
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():  # forked: do not share descriptors with the parent
+            self._fds = {}
+            self._pid = os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
+        return fd
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """The sample dict at a global index."""
+        if index < 0:
+            index += self.total
+        if not 0 <= index < self.total:
+            raise IndexError(f"index {index} out of range for {self.total} samples")
+        shard = bisect.bisect_right(self.starts, index) - 1  # empty shards are never chosen
+        members = self._members.get(shard)
+        if members is None:
+            members = self._members[shard] = self._scan(shard)
+        key, entries = members[index - self.starts[shard]]
+        fd = self._fd(shard)
+        sample: dict[str, Any] = {"__key__": key, "__shard__": str(self.shards[shard])}
+        for ext, offset, size in entries:
+            sample[ext] = os.pread(fd, size, offset)
+        return sample
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self.raw(index)
+        if not self.decode:
+            return sample
+        from .reader import decode_face
+
+        assert self.labels is not None
+        return decode_face(sample["jpg"]), self.labels[int(sample["id"])]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
