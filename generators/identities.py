@@ -44,12 +44,14 @@ class IdentityTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         dim = self.embeddings.shape[1]
         flat = pa.array(self.embeddings.astype(np.float32).reshape(-1), type=pa.float32())
-        table = pa.table({
-            "identity": pa.array(self.ids.astype(np.int64)),
-            "method": pa.array([self.method] * len(self)),
-            "seed": pa.array(self.seeds.astype(np.int64)),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-        }).replace_schema_metadata({"facefoundry.embedder": self.embedder})
+        table = pa.table(
+            {
+                "identity": pa.array(self.ids.astype(np.int64)),
+                "method": pa.array([self.method] * len(self)),
+                "seed": pa.array(self.seeds.astype(np.int64)),
+                "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            }
+        ).replace_schema_metadata({"facefoundry.embedder": self.embedder})
         partial = path.with_name(path.name + ".partial")
         pq.write_table(table, partial)
         partial.replace(path)
@@ -84,8 +86,9 @@ def sample_uniform(n: int, dim: int, seed: int) -> np.ndarray:
     return _unit(np.random.default_rng(seed).standard_normal((n, dim)))
 
 
-def sample_separated(n: int, dim: int, seed: int, tau: float = 0.3, block: int = 4096,
-                     max_draws: int | None = None) -> np.ndarray:
+def sample_separated(
+    n: int, dim: int, seed: int, tau: float = 0.3, block: int = 4096, max_draws: int | None = None
+) -> np.ndarray:
     """n unit vectors with pairwise cosine <= ``tau`` (greedy rejection in blocks).
 
     Raises if the bound cannot be met within ``max_draws`` candidates (too many
@@ -121,8 +124,12 @@ def sample_separated(n: int, dim: int, seed: int, tau: float = 0.3, block: int =
     return accepted
 
 
-def sample_two_stage(n: int, seed: int, generate_unconditional: Callable[[int, int], np.ndarray],
-                     embed: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def sample_two_stage(
+    n: int,
+    seed: int,
+    generate_unconditional: Callable[[int, int], np.ndarray],
+    embed: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
     """Embeddings of n unconditional samples: ``generate_unconditional(n, seed)`` returns
     aligned faces (n x 112 x 112 x 3 uint8), ``embed`` maps them to unit vectors; rows
     that fail to embed (NaN) are redrawn with the next seed."""
@@ -138,8 +145,15 @@ def sample_two_stage(n: int, seed: int, generate_unconditional: Callable[[int, i
     return _unit(np.stack(vectors[:n]))
 
 
-def make_identities(n: int, dim: int, seed: int, method: str = "uniform", tau: float = 0.3,
-                    embedder: str = "", **two_stage) -> IdentityTable:
+def make_identities(
+    n: int,
+    dim: int,
+    seed: int,
+    method: str = "uniform",
+    tau: float = 0.3,
+    embedder: str = "",
+    **two_stage,
+) -> IdentityTable:
     """Build an identity table by ``method``; identity i's seed is seed * 1_000_003 + i."""
     if method == "uniform":
         embeddings = sample_uniform(n, dim, seed)

@@ -34,8 +34,14 @@ class FaceTrainingSet:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, faces=self.faces, embeddings=self.embeddings, labels=self.labels,
-                 names=np.array(self.names), embedder=np.array(json.dumps(self.embedder)))
+        np.savez(
+            partial,
+            faces=self.faces,
+            embeddings=self.embeddings,
+            labels=self.labels,
+            names=np.array(self.names),
+            embedder=np.array(json.dumps(self.embedder)),
+        )
         partial.replace(path)
         return path
 
@@ -45,8 +51,13 @@ class FaceTrainingSet:
         if not path.is_file():
             raise FileNotFoundError(f"training set {path} does not exist")
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["faces"], data["embeddings"].astype(np.float32), data["labels"],
-                       [str(n) for n in data["names"]], json.loads(str(data["embedder"])))
+            return cls(
+                data["faces"],
+                data["embeddings"].astype(np.float32),
+                data["labels"],
+                [str(n) for n in data["names"]],
+                json.loads(str(data["embedder"])),
+            )
 
 
 def build_training_set(
@@ -63,8 +74,14 @@ def build_training_set(
     from faces import get_embedder, process_images_parallel
 
     result = process_images_parallel(
-        items, detector, embedder, workers=workers, progress=progress,
-        description="prepare faces", no_face="reject", keep_aligned=size,
+        items,
+        detector,
+        embedder,
+        workers=workers,
+        progress=progress,
+        description="prepare faces",
+        no_face="reject",
+        keep_aligned=size,
     )
     usable = np.array([o.embedded for o in result.outcomes], dtype=bool)
     model = get_embedder(embedder)

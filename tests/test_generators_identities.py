@@ -41,8 +41,9 @@ def test_two_stage_uses_embeddings_of_unconditional_samples():
         flat[faces[:, 0, 0, 0] % 3 == 0] = np.nan  # some faces fail to embed and are redrawn
         return flat
 
-    table = make_identities(5, 6, seed=1, method="two_stage", generate_unconditional=generate,
-                            embed=embed)
+    table = make_identities(
+        5, 6, seed=1, method="two_stage", generate_unconditional=generate, embed=embed
+    )
     assert table.embeddings.shape == (5, 6) and np.all(np.isfinite(table.embeddings))
 
 

@@ -18,9 +18,17 @@ from generators.training_data import FaceTrainingSet
 
 
 def tiny_config(**overrides) -> IDiffFaceConfig:
-    values = dict(sample_size=16, block_out_channels=(8, 16), attention_levels=(1,),
-                  attention_head_dim=4, norm_num_groups=4, id_dim=12, context_tokens=2,
-                  context_dim=8, image_size=16)
+    values = dict(
+        sample_size=16,
+        block_out_channels=(8, 16),
+        attention_levels=(1,),
+        attention_head_dim=4,
+        norm_num_groups=4,
+        id_dim=12,
+        context_tokens=2,
+        context_dim=8,
+        image_size=16,
+    )
     values.update(overrides)
     return IDiffFaceConfig(**values)
 
@@ -30,8 +38,13 @@ def tiny_data(n: int = 8, dim: int = 12) -> FaceTrainingSet:
     faces = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
     embeddings = rng.standard_normal((n, dim)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return FaceTrainingSet(faces, embeddings, np.arange(n), [str(i) for i in range(n)],
-                           {"name": "toy", "checksum": "0"})
+    return FaceTrainingSet(
+        faces,
+        embeddings,
+        np.arange(n),
+        [str(i) for i in range(n)],
+        {"name": "toy", "checksum": "0"},
+    )
 
 
 def test_forward_and_backward_reach_every_part():
@@ -64,8 +77,15 @@ def test_cpd_drops_elements_not_whole_vectors_at_the_configured_rate():
 
 def test_a_few_training_steps_lower_the_loss(tmp_path):
     torch.manual_seed(0)
-    settings = TrainSettings(steps=40, batch_size=8, learning_rate=3e-3, warmup_steps=1,
-                             checkpoint_every=1000, p_uncond=0.0, hflip=False)
+    settings = TrainSettings(
+        steps=40,
+        batch_size=8,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        checkpoint_every=1000,
+        p_uncond=0.0,
+        hflip=False,
+    )
     trainer = Trainer(IDiffFaceModel(tiny_config(cpd_p=0.0)), tiny_data(), settings, tmp_path)
     with torch.no_grad():
         before = float(trainer.loss_at(10_000))
@@ -77,8 +97,9 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
 
 
 def test_save_and_resume_give_the_identical_next_step(tmp_path):
-    settings = TrainSettings(steps=10, batch_size=4, learning_rate=1e-3, warmup_steps=2,
-                             checkpoint_every=1000)
+    settings = TrainSettings(
+        steps=10, batch_size=4, learning_rate=1e-3, warmup_steps=2, checkpoint_every=1000
+    )
     torch.manual_seed(0)
     first = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)
     for _ in range(3):
@@ -123,11 +144,13 @@ def test_guidance_and_reference_ddpm_sampler_run():
     torch.manual_seed(0)
     model = IDiffFaceModel(tiny_config())
     identities = np.random.default_rng(2).standard_normal((2, 12)).astype(np.float32)
-    guided = IDiffFacePipeline(model, "unipc", device="cpu")(identities, [1, 2], steps=4,
-                                                             guidance_scale=3.0, output_size=32)
+    guided = IDiffFacePipeline(model, "unipc", device="cpu")(
+        identities, [1, 2], steps=4, guidance_scale=3.0, output_size=32
+    )
     assert guided.shape == (2, 32, 32, 3)
-    ddpm = IDiffFacePipeline(model, "ddpm", device="cpu")(identities, [1, 2], steps=20,
-                                                          output_size=16)
+    ddpm = IDiffFacePipeline(model, "ddpm", device="cpu")(
+        identities, [1, 2], steps=20, output_size=16
+    )
     assert ddpm.shape == (2, 16, 16, 3)
 
 
@@ -146,12 +169,18 @@ def test_latent_model_trains_and_samples_through_a_tiny_vae(tmp_path):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4,
-                        norm_num_groups=4, sample_size=16)
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
     config = tiny_config(latent=True, in_channels=4, sample_size=16, image_size=16)
-    trainer = Trainer(IDiffFaceModel(config), tiny_data(), TrainSettings(steps=2, batch_size=2),
-                      tmp_path, vae=vae)
+    trainer = Trainer(
+        IDiffFaceModel(config), tiny_data(), TrainSettings(steps=2, batch_size=2), tmp_path, vae=vae
+    )
     assert trainer.samples.shape == (8, 4, 16, 16)
     assert np.isfinite(trainer.train_step())
     pipeline = IDiffFacePipeline(trainer.model, "ddim", vae=vae, device="cpu")

@@ -107,29 +107,42 @@ def generate_chunk(
         base = table.embeddings[position[int(identity)]]
         for sample in range(settings.samples_per_identity):
             seed = sample_seed(recipe_seed, identity, sample)
-            vectors.append(_jittered(base, settings.context_noise,
-                                     sample_seed(recipe_seed, identity, sample, "context")))
+            vectors.append(
+                _jittered(
+                    base,
+                    settings.context_noise,
+                    sample_seed(recipe_seed, identity, sample, "context"),
+                )
+            )
             seeds.append(seed)
-            rows.append({
-                "key": make_key(int(identity), sample),
-                "identity": int(identity),
-                "sample": sample,
-                "seed": seed,
-                "generator": "idiff_face",
-                "model_checksum": checksum,
-                "scheduler": settings.scheduler,
-                "steps": settings.steps,
-                "guidance_scale": settings.guidance_scale,
-                "prompt": None,
-            })
-    images = pipeline(np.stack(vectors), seeds, steps=settings.steps,
-                      guidance_scale=settings.guidance_scale, batch_size=settings.batch_size,
-                      progress=progress)
+            rows.append(
+                {
+                    "key": make_key(int(identity), sample),
+                    "identity": int(identity),
+                    "sample": sample,
+                    "seed": seed,
+                    "generator": "idiff_face",
+                    "model_checksum": checksum,
+                    "scheduler": settings.scheduler,
+                    "steps": settings.steps,
+                    "guidance_scale": settings.guidance_scale,
+                    "prompt": None,
+                }
+            )
+    images = pipeline(
+        np.stack(vectors),
+        seeds,
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        batch_size=settings.batch_size,
+        progress=progress,
+    )
     members = []
     for row, image in zip(rows, images, strict=True):
-        members.append((f"{row['key']}.jpg".encode(), encode_face_jpeg(image, settings.jpeg_quality)))
-        members.append((f"{row['key']}.json".encode(),
-                        json.dumps(row, sort_keys=True).encode()))
+        members.append(
+            (f"{row['key']}.jpg".encode(), encode_face_jpeg(image, settings.jpeg_quality))
+        )
+        members.append((f"{row['key']}.json".encode(), json.dumps(row, sort_keys=True).encode()))
     with atomic_open(tar_path) as handle:
         handle.write(encode_members(members))
     partial = parquet_path.with_name(parquet_path.name + ".partial")

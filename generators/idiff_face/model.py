@@ -86,8 +86,9 @@ class IDiffFaceModel(nn.Module):
         class_labels = None
         if self.config.id_in_time_embedding:
             class_labels = context.flatten(1)
-        return self.unet(sample, timesteps, encoder_hidden_states=context,
-                         class_labels=class_labels).sample
+        return self.unet(
+            sample, timesteps, encoder_hidden_states=context, class_labels=class_labels
+        ).sample
 
     # --- folders: a diffusers unet/ plus our conditioner and config -------------------
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -103,7 +104,8 @@ class IDiffFaceModel(nn.Module):
     def from_pretrained(cls, folder: str | Path) -> IDiffFaceModel:
         folder = Path(folder)
         missing = [
-            name for name in (CONFIG_NAME, CONDITIONER_WEIGHTS, "unet/config.json")
+            name
+            for name in (CONFIG_NAME, CONDITIONER_WEIGHTS, "unet/config.json")
             if not (folder / name).is_file()
         ]
         if missing:

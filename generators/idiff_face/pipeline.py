@@ -24,8 +24,14 @@ logger = logging.getLogger(__name__)
 class IDiffFacePipeline:
     """A trained model plus a sampler; ``__call__`` returns RGB uint8 N x S x S x 3."""
 
-    def __init__(self, model: IDiffFaceModel, scheduler: str = "dpmsolver++", vae=None,
-                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        model: IDiffFaceModel,
+        scheduler: str = "dpmsolver++",
+        vae=None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
         self.model = model.eval().to(self.device, dtype)
@@ -36,8 +42,9 @@ class IDiffFacePipeline:
             raise ValueError("this IDiff-Face model works in latent space: pass its VAE")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, scheduler: str = "dpmsolver++",
-                        **kwargs) -> IDiffFacePipeline:
+    def from_pretrained(
+        cls, folder: str | Path, scheduler: str = "dpmsolver++", **kwargs
+    ) -> IDiffFacePipeline:
         folder = Path(folder)
         model = IDiffFaceModel.from_pretrained(folder)
         vae = None
@@ -68,11 +75,21 @@ class IDiffFacePipeline:
             raise ValueError(f"{len(identities)} identities but {len(seeds)} seeds")
         images = []
         for start in range(0, len(seeds), batch_size):
-            images.append(self._sample_batch(identities[start : start + batch_size],
-                                             seeds[start : start + batch_size], steps,
-                                             guidance_scale, output_size, progress))
-        return np.concatenate(images) if images else np.zeros((0, output_size, output_size, 3),
-                                                              np.uint8)
+            images.append(
+                self._sample_batch(
+                    identities[start : start + batch_size],
+                    seeds[start : start + batch_size],
+                    steps,
+                    guidance_scale,
+                    output_size,
+                    progress,
+                )
+            )
+        return (
+            np.concatenate(images)
+            if images
+            else np.zeros((0, output_size, output_size, 3), np.uint8)
+        )
 
     def _sample_batch(self, identity, seeds, steps, guidance_scale, output_size, progress):
         config = self.model.config
@@ -84,8 +101,12 @@ class IDiffFacePipeline:
         use_cfg = guidance_scale != 1.0
         if use_cfg:
             identity_in = torch.cat([identity, identity])
-            drop = torch.cat([torch.ones(len(identity), dtype=torch.bool),
-                              torch.zeros(len(identity), dtype=torch.bool)]).to(self.device)
+            drop = torch.cat(
+                [
+                    torch.ones(len(identity), dtype=torch.bool),
+                    torch.zeros(len(identity), dtype=torch.bool),
+                ]
+            ).to(self.device)
         else:
             identity_in, drop = identity, None
         scheduler = self.scheduler
@@ -115,8 +136,9 @@ class IDiffFacePipeline:
             images = self.vae.decode(latents / scale).sample
         images = images.float().clamp(-1, 1)
         if images.shape[-1] != output_size:
-            images = F.interpolate(images, size=(output_size, output_size), mode="bicubic",
-                                   align_corners=False).clamp(-1, 1)
+            images = F.interpolate(
+                images, size=(output_size, output_size), mode="bicubic", align_corners=False
+            ).clamp(-1, 1)
         return ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -38,8 +38,7 @@ def make_sampler(config: IDiffFaceConfig, name: str = "dpmsolver++"):
     if name == "ddim":
         return DDIMScheduler(**kwargs, clip_sample=False, set_alpha_to_one=False)
     if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler(**kwargs, algorithm_type="dpmsolver++",
-                                           solver_order=2)
+        return DPMSolverMultistepScheduler(**kwargs, algorithm_type="dpmsolver++", solver_order=2)
     if name == "unipc":
         return UniPCMultistepScheduler(**kwargs)
     raise ValueError(f"unknown scheduler {name!r}; use one of {SCHEDULERS}")

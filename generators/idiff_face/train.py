@@ -72,7 +72,9 @@ class Ema:
                 self.shadow[key].copy_(value)
 
     def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        model.load_state_dict(
+            {k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()}
+        )
 
 
 def _lr_lambda(settings: TrainSettings):
@@ -91,8 +93,14 @@ def _lr_lambda(settings: TrainSettings):
 class Trainer:
     """Holds the model, EMA, optimizer and data; ``train_step`` is one seeded step."""
 
-    def __init__(self, model: IDiffFaceModel, data: FaceTrainingSet, settings: TrainSettings,
-                 out_dir: str | Path, vae=None):
+    def __init__(
+        self,
+        model: IDiffFaceModel,
+        data: FaceTrainingSet,
+        settings: TrainSettings,
+        out_dir: str | Path,
+        vae=None,
+    ):
         from accelerate import Accelerator
 
         if settings.threads:
@@ -112,8 +120,9 @@ class Trainer:
             )
         self.samples = self._prepare_samples(data, vae)
         self.embeddings = torch.from_numpy(np.ascontiguousarray(data.embeddings))
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
-                                           weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.ema = Ema(self.accelerator.unwrap_model(self.model), settings.ema_max_decay)
         self.lr_factor = _lr_lambda(settings)
@@ -125,8 +134,9 @@ class Trainer:
         faces = torch.from_numpy(data.faces).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         size = self.config.image_size if self.config.latent else self.config.sample_size
         if faces.shape[-1] != size:
-            faces = F.interpolate(faces, size=(size, size), mode="bilinear", antialias=True,
-                                  align_corners=False)
+            faces = F.interpolate(
+                faces, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         if not self.config.latent:
             return faces.contiguous()
         if vae is None:
@@ -135,8 +145,9 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(faces), 64):
                 encoded = vae.encode(faces[start : start + 64])
-                latent = (encoded.latent_dist.mean if hasattr(encoded, "latent_dist")
-                          else encoded.latents)
+                latent = (
+                    encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+                )
                 latents.append(latent * getattr(vae.config, "scaling_factor", 1.0))
         return torch.cat(latents).contiguous()
 
@@ -144,15 +155,17 @@ class Trainer:
         generator = torch.Generator().manual_seed(
             sample_seed(self.settings.seed, self.accelerator.process_index, step, "batch")
         )
-        index = torch.randint(0, len(self.samples), (self.settings.batch_size,),
-                              generator=generator)
+        index = torch.randint(
+            0, len(self.samples), (self.settings.batch_size,), generator=generator
+        )
         x0 = self.samples[index]
         if self.settings.hflip:
             flip = torch.rand(len(index), generator=generator) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
         identity = self.embeddings[index]
-        timesteps = torch.randint(0, self.config.num_train_timesteps, (len(index),),
-                                  generator=generator)
+        timesteps = torch.randint(
+            0, self.config.num_train_timesteps, (len(index),), generator=generator
+        )
         noise = torch.randn(x0.shape, generator=generator)
         drop = torch.rand(len(index), generator=generator) < self.settings.p_uncond
         return x0, identity, timesteps, noise, drop
@@ -164,8 +177,9 @@ class Trainer:
         x0, identity, timesteps, noise, drop = (
             t.to(device) for t in (x0, identity, timesteps, noise, drop)
         )
-        torch.manual_seed(sample_seed(self.settings.seed, self.accelerator.process_index, step,
-                                      "dropout"))
+        torch.manual_seed(
+            sample_seed(self.settings.seed, self.accelerator.process_index, step, "dropout")
+        )
         noisy = self.noise.add_noise(x0, noise, timesteps)
         kind = self.config.prediction_type
         if kind == "epsilon":
@@ -200,12 +214,16 @@ class Trainer:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         model = self.accelerator.unwrap_model(self.model)
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        }
         tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in self.ema.shadow.items()})
         optimizer_state = self.optimizer.state_dict()
         for index, state in optimizer_state["state"].items():
             for name, value in state.items():
-                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+                tensors[f"optim.{index}.{name}"] = (
+                    torch.as_tensor(value).detach().cpu().contiguous()
+                )
         save_file(tensors, str(partial / "state.safetensors"))
         meta = {
             "step": self.step,
@@ -258,16 +276,24 @@ class Trainer:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
-        bar = tqdm(total=self.settings.steps, initial=self.step, desc="IDiff-Face",
-                   unit="step", disable=not progress)
+        bar = tqdm(
+            total=self.settings.steps,
+            initial=self.step,
+            desc="IDiff-Face",
+            unit="step",
+            disable=not progress,
+        )
         running = []
         while self.step < self.settings.steps:
             running.append(self.train_step())
             bar.update(1)
             if self.step % self.settings.log_every == 0:
-                entry = {"step": self.step, "loss": float(np.mean(running)),
-                         "lr": self.optimizer.param_groups[0]["lr"],
-                         "seconds": round(time.perf_counter() - started, 1)}
+                entry = {
+                    "step": self.step,
+                    "loss": float(np.mean(running)),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
                 self.history.append(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
                 running = []
@@ -277,8 +303,11 @@ class Trainer:
                 break
         bar.close()
         self.save_checkpoint()
-        return {"step": self.step, "seconds": time.perf_counter() - started,
-                "last_loss": self.history[-1]["loss"] if self.history else None}
+        return {
+            "step": self.step,
+            "seconds": time.perf_counter() - started,
+            "last_loss": self.history[-1]["loss"] if self.history else None,
+        }
 
 
 def train_idiff_face(
@@ -300,10 +329,12 @@ def train_idiff_face(
         config = IDiffFaceConfig.model_validate(saved["config"])
     config = config or IDiffFaceConfig()
     if not config.conditioning_checksum:
-        config = config.model_copy(update={
-            "conditioning_embedder": data.embedder.get("name", config.conditioning_embedder),
-            "conditioning_checksum": data.embedder.get("checksum", ""),
-        })
+        config = config.model_copy(
+            update={
+                "conditioning_embedder": data.embedder.get("name", config.conditioning_embedder),
+                "conditioning_checksum": data.embedder.get("checksum", ""),
+            }
+        )
     torch.manual_seed(settings.seed)
     trainer = Trainer(IDiffFaceModel(config), data, settings, out_dir)
     if resume:
