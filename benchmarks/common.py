@@ -13,6 +13,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# Same default as the Makefile: the shared data folder beside the checkout.
+os.environ.setdefault("FACEFOUNDRY_DATA_DIR", str(REPO.parent / "shared" / "data"))
 
 
 def machine() -> dict:

@@ -234,12 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_recipe_check)
 
-    try:
-        from flows import cli_shards
-    except ImportError:
-        cli_shards = None
-    if cli_shards is not None:
-        cli_shards.register(commands)
+    from flows import cli_models, cli_shards
+
+    cli_models.register(commands)
+    cli_shards.register(commands)
     return parser
 
 

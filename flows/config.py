@@ -15,8 +15,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evaluation.fr_train import FRTrainSettings
 from evaluation.settings import EvalSettings
 from faces.settings import FaceSettings
+from generators.settings import GenerateSettings, IdentitySettings
+from shards.settings import ShardSettings
 
 
 class RecipeError(ValueError):
@@ -31,7 +34,11 @@ class Recipe(BaseModel):
     name: str = "run"
     seed: int = 0
     data_dir: str | None = Field(None, description="default $FACEFOUNDRY_DATA_DIR")
+    identities: IdentitySettings = Field(default_factory=IdentitySettings)
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)
     faces: FaceSettings = Field(default_factory=FaceSettings)
+    shards: ShardSettings = Field(default_factory=ShardSettings)
+    train: FRTrainSettings = Field(default_factory=FRTrainSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
 
     def section_hash(self, section: str) -> str:

@@ -1,0 +1,216 @@
+"""CLI commands for identities, the IDiff-Face generator and recognizer training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_identities(args: argparse.Namespace) -> int:
+    from generators.identities import make_identities
+
+    table = make_identities(
+        args.count, args.dim, args.seed, args.method, args.tau, embedder=args.embedder
+    )
+    path = table.save(args.out)
+    print(json.dumps({"identities": len(table), "method": table.method, "out": str(path)}))
+    return 0
+
+
+def cmd_prepare_lfw(args: argparse.Namespace) -> int:
+    from evaluation.lfw import Lfw, image_name, read_people
+    from generators.training_data import build_training_set
+
+    lfw = Lfw(args.lfw)
+    people = read_people(lfw.protocol_file(args.people))
+    names, labels = [], []
+    for index, (person, count) in enumerate(people):
+        for number in range(1, count + 1):
+            names.append(image_name(person, number))
+            labels.append(index)
+    data, summary = build_training_set(
+        list(lfw.read_many(names)),
+        labels,
+        size=args.size,
+        embedder=args.embedder,
+        workers=args.workers,
+    )
+    data.save(args.out)
+    print(
+        json.dumps({"images": len(names), "kept": len(data), "outcomes": summary, "out": args.out})
+    )
+    return 0
+
+
+def cmd_generator_train(args: argparse.Namespace) -> int:
+    from generators.idiff_face.config import PAPER_CONFIG, IDiffFaceConfig
+    from generators.idiff_face.train import TrainSettings, train_idiff_face
+
+    config = PAPER_CONFIG if args.config == "paper" else IDiffFaceConfig()
+    settings = TrainSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    model = train_idiff_face(
+        args.data,
+        args.out,
+        config,
+        settings,
+        resume=not args.restart,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+    )
+    print(json.dumps({"model": str(model)}))
+    return 0
+
+
+def cmd_generator_sample(args: argparse.Namespace) -> int:
+    from generators.identities import IdentityTable
+    from generators.idiff_face.generate import generate_chunk
+    from generators.settings import GenerateSettings
+
+    settings = GenerateSettings(
+        model=args.model,
+        samples_per_identity=args.per_identity,
+        scheduler=args.scheduler,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        batch_size=args.batch_size,
+        chunk_identities=args.chunk,
+    )
+    ids = [int(i) for i in IdentityTable.load(args.identities).ids]
+    parts = []
+    for part, start in enumerate(range(0, len(ids), settings.chunk_identities)):
+        parts.append(
+            str(
+                generate_chunk(
+                    args.identities,
+                    ids[start : start + settings.chunk_identities],
+                    args.out,
+                    part,
+                    settings,
+                    args.seed,
+                    progress=True,
+                )
+            )
+        )
+    print(json.dumps({"chunks": parts}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from evaluation.fr_train import train_recognizer
+    from flows.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    out = train_recognizer(args.shards, args.out, recipe.train, args.lfw, resume=not args.restart)
+    print(json.dumps({"model": str(out), "onnx": str(Path(out) / "model.onnx")}))
+    return 0
+
+
+def cmd_lfw_shards(args: argparse.Namespace) -> int:
+    from evaluation.lfw_shards import write_lfw_shards
+
+    out = write_lfw_shards(args.out, args.lfw, args.people, args.workers)
+    print(json.dumps({"shards": str(out)}))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    identities = commands.add_parser(
+        "identities",
+        help="sample synthetic identities into identities.parquet",
+        description="Draw identity vectors: uniform on the sphere, or 'separated' (no two "
+        "closer than cosine --tau). Saved as a parquet table (identity, method, seed, embedding).",
+    )
+    identities.add_argument("--count", type=int, required=True)
+    identities.add_argument("--dim", type=int, default=128, help="128 for sface, 512 ArcFace")
+    identities.add_argument("--method", default="separated", choices=["uniform", "separated"])
+    identities.add_argument("--tau", type=float, default=0.3)
+    identities.add_argument("--seed", type=int, default=0)
+    identities.add_argument("--embedder", default="sface", help="space the vectors live in")
+    identities.add_argument("--out", required=True)
+    identities.set_defaults(func=cmd_identities)
+
+    generator = commands.add_parser("generator", help="IDiff-Face: prepare data, train, sample")
+    gen_sub = generator.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prepare = gen_sub.add_parser(
+        "prepare-lfw", help="align + embed LFW people into a generator training set (.npz)"
+    )
+    prepare.add_argument("--out", required=True)
+    prepare.add_argument(
+        "--people",
+        default="peopleDevTrain.txt",
+        help="people list; DevTrain keeps DevTest people unseen",
+    )
+    prepare.add_argument("--size", type=int, default=64, help="stored face size in pixels")
+    prepare.add_argument("--embedder", default="sface", help="conditioning embedder")
+    prepare.add_argument("--lfw", default=None)
+    prepare.add_argument("--workers", type=int, default=2)
+    prepare.set_defaults(func=cmd_prepare_lfw)
+
+    train = gen_sub.add_parser(
+        "train",
+        help="train or resume an IDiff-Face model",
+        description="Resumes from OUT/checkpoint unless --restart; "
+        "exports EMA weights to OUT/model (safetensors).",
+    )
+    train.add_argument("data", help="training set .npz from prepare-lfw")
+    train.add_argument("--out", required=True)
+    train.add_argument("--config", default="small", choices=["small", "paper"])
+    train.add_argument("--steps", type=int, default=20000)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
+    train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    train.set_defaults(func=cmd_generator_train)
+
+    sample = gen_sub.add_parser("sample", help="generate candidate images for identities")
+    sample.add_argument("model", help="model folder (e.g. models/idiff-face-lfw)")
+    sample.add_argument("--identities", required=True, help="identities.parquet")
+    sample.add_argument("--out", required=True, help="folder for part-NNNNN.tar/.parquet")
+    sample.add_argument("--per-identity", type=int, default=8)
+    sample.add_argument(
+        "--scheduler", default="dpmsolver++", choices=["dpmsolver++", "unipc", "ddim", "ddpm"]
+    )
+    sample.add_argument("--steps", type=int, default=25)
+    sample.add_argument("--guidance", type=float, default=1.0)
+    sample.add_argument("--batch-size", type=int, default=64)
+    sample.add_argument("--chunk", type=int, default=50, help="identities per chunk")
+    sample.add_argument("--seed", type=int, default=0, help="recipe seed")
+    sample.set_defaults(func=cmd_generator_sample)
+
+    fr = commands.add_parser(
+        "train",
+        help="train a recognizer on shards, export ONNX",
+        description="Train the recipe's `train` section on SHARDS_DIR (LFW validation each "
+        "epoch), resume from OUT/checkpoint, export OUT/backbone.safetensors and OUT/model.onnx. "
+        "Evaluate with: facefoundry eval lfw --embedder onnx:OUT/model.onnx",
+    )
+    fr.add_argument("shards", metavar="SHARDS_DIR")
+    fr.add_argument("--out", required=True)
+    fr.add_argument("--recipe", default=None)
+    fr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. --set train.epochs=5 --set train.backbone=r50",
+    )
+    fr.add_argument("--lfw", default=None)
+    fr.add_argument("--restart", action="store_true")
+    fr.set_defaults(func=cmd_train)
+
+    lfw_shards = commands.add_parser(
+        "lfw-shards", help="real-data shards from LFW people (the authentic baseline)"
+    )
+    lfw_shards.add_argument("--out", required=True)
+    lfw_shards.add_argument("--people", default="peopleDevTrain.txt")
+    lfw_shards.add_argument("--lfw", default=None)
+    lfw_shards.add_argument("--workers", type=int, default=2)
+    lfw_shards.set_defaults(func=cmd_lfw_shards)
