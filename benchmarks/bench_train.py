@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 import torch
-
-from common import finish, machine  # noqa: I001
+from common import finish, machine
 
 CPU_RECIPE = dict(
     backbone="mbf_small",
@@ -67,12 +66,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
     args = parser.parse_args()
 
+    from safetensors.torch import load_file
+
     from evaluation.export import onnx_parity
     from evaluation.fr_train import FRTrainSettings, train_recognizer
     from evaluation.lfw import cache_dir
     from evaluation.lfw_shards import write_lfw_shards
     from evaluation.verify import evaluate_lfw
-    from safetensors.torch import load_file
 
     figures: dict = {"machine": machine(), "quick": args.quick}
     limit = 300 if args.quick else None

@@ -7,10 +7,10 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_generators_idiff import tiny_config
 
 from flows.cli import main
 from generators.idiff_face.model import IDiffFaceModel
-from test_generators_idiff import tiny_config
 
 
 @pytest.fixture(scope="module")
