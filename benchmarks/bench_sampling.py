@@ -1,0 +1,132 @@
+"""IDiff-Face sampling: fast scheduler vs the reference DDPM-1000, and identity quality
+of the default model judged by an embedder it was NOT conditioned on.
+
+Usage: python benchmarks/bench_sampling.py [--quick] [--model models/idiff-face-lfw]
+  full:  100 synthetic identities x 8 images (dpmsolver++ 25 steps), DDPM-1000 on a
+         subset of the same seeds; judge dlib; ceiling from real LFW DevTest faces.
+  quick: 20 x 4, DDPM-1000 on 4 images.
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from common import REPO, finish, machine
+
+
+def judge(faces: np.ndarray, identity_of: np.ndarray, judge_spec: str, seed: int = 0) -> dict:
+    """face rate (YuNet on the 112 px image) and genuine/impostor cosines of the judge."""
+    from evaluation.protocol import equal_error_rate
+    from faces import get_detector, get_embedder, select_face
+
+    detector = get_detector("yunet")
+    found = np.array([select_face(detector.detect(f), f.shape) is not None for f in faces])
+    vectors = get_embedder(judge_spec).embed_aligned(faces)
+    rng = np.random.default_rng(seed)
+    genuine, impostor = [], []
+    for identity in np.unique(identity_of):
+        members = np.flatnonzero(identity_of == identity)
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                genuine.append(float(vectors[members[i]] @ vectors[members[j]]))
+    for _ in range(max(len(genuine), 1000)):
+        a, b = rng.integers(0, len(faces), 2)
+        if identity_of[a] != identity_of[b]:
+            impostor.append(float(vectors[a] @ vectors[b]))
+    scores = np.array(genuine + impostor)
+    same = np.array([True] * len(genuine) + [False] * len(impostor))
+    return {"face_rate": round(float(found.mean()), 4),
+            "genuine_cos": round(float(np.mean(genuine)), 4),
+            "impostor_cos": round(float(np.mean(impostor)), 4),
+            "gap": round(float(np.mean(genuine) - np.mean(impostor)), 4),
+            "eer": round(equal_error_rate(scores, same)[0], 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
+    parser.add_argument("--judge", default="dlib")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from generators.identities import make_identities
+    from generators.idiff_face.pipeline import IDiffFacePipeline
+    from generators.seeds import sample_seed
+
+    n_ids, per_id, n_ddpm = (20, 4, 4) if args.quick else (100, 8, 16)
+    fast = IDiffFacePipeline.from_pretrained(args.model, "dpmsolver++", device="cpu")
+    config = fast.model.config
+    table = make_identities(n_ids, config.id_dim, seed=1, method="separated", tau=0.3)
+    identity_of = np.repeat(table.ids, per_id)
+    seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
+    vectors = table.embeddings[identity_of]
+    figures: dict = {"machine": machine(), "quick": args.quick, "model": args.model,
+                     "judge": args.judge, "conditioning": config.conditioning_embedder,
+                     "identities": n_ids, "per_identity": per_id, "torch_threads": args.threads}
+
+    fast(vectors[:2], seeds[:2], steps=25)  # warm-up
+    started = time.perf_counter()
+    images = fast(vectors, seeds, steps=25, batch_size=80)
+    fast_rate = len(images) / (time.perf_counter() - started)
+    reference = IDiffFacePipeline(fast.model, "ddpm", device="cpu")
+    started = time.perf_counter()
+    ddpm_images = reference(vectors[:n_ddpm], seeds[:n_ddpm], steps=1000, batch_size=n_ddpm)
+    ddpm_rate = n_ddpm / (time.perf_counter() - started)
+    figures.update({"fast_scheduler": "dpmsolver++", "fast_steps": 25,
+                    "fast_img_per_s": round(fast_rate, 2), "ddpm1000_img_per_s": round(ddpm_rate, 3),
+                    "speedup_vs_ddpm1000": round(fast_rate / ddpm_rate, 1)})
+    quality = judge(images, identity_of, args.judge)
+    figures.update(quality)
+    # same identities and seeds through both samplers: does the fast one keep identity?
+    subset = identity_of[:n_ddpm]
+    fast_sub = judge(images[:n_ddpm], subset, args.judge)
+    ddpm_sub = judge(ddpm_images, subset, args.judge)
+    figures["genuine_cos_delta"] = round(fast_sub["genuine_cos"] - ddpm_sub["genuine_cos"], 4)
+    figures["ddpm1000_subset"] = ddpm_sub
+
+    # ceiling: real LFW DevTest faces through the same judge, at 112 px and shrunk to the
+    # model's resolution and back
+    from evaluation.aligned_pairs import aligned_pairs
+
+    pairs = aligned_pairs("devtest", progress=False)
+    from faces import get_embedder
+
+    embedder = get_embedder(args.judge)
+    for label, faces in (("real_112", pairs.faces), ("real_32", _shrink(pairs.faces, 32))):
+        v = embedder.embed_aligned(faces)
+        scores = np.sum(v[pairs.left] * v[pairs.right], axis=1)
+        figures[f"ceiling_{label}"] = {
+            "genuine_cos": round(float(scores[pairs.same].mean()), 4),
+            "impostor_cos": round(float(scores[~pairs.same].mean()), 4),
+        }
+    _save_grid(images, per_id, REPO / "benchmarks" / "results" / "idiff_samples.png")
+    finish(figures)
+
+
+def _shrink(faces: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.resize(cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA),
+                                (112, 112), interpolation=cv2.INTER_CUBIC) for f in faces])
+
+
+def _save_grid(images: np.ndarray, per_id: int, path) -> None:
+    """Rows = identities (first 8), columns = samples: the picture in the model card."""
+    from PIL import Image
+
+    rows = min(8, len(images) // per_id)
+    grid = images[: rows * per_id].reshape(rows, per_id, 112, 112, 3)
+    grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * 112, per_id * 112, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+if __name__ == "__main__":
+    main()
