@@ -168,6 +168,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    train.add_argument(
+        "--init-from",
+        default=None,
+        help="start from a model folder's weights when there is no checkpoint "
+        "(e.g. models/idiff-face-lfw)",
+    )
     train.set_defaults(func=cmd_generator_train)
 
     sample = gen_sub.add_parser("sample", help="generate candidate images for identities")

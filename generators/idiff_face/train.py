@@ -264,11 +264,9 @@ class Trainer:
 
     def export(self, folder: str | Path) -> Path:
         """A sampling folder with the EMA weights (what generation loads)."""
-        model = self.accelerator.unwrap_model(self.model)
         snapshot = IDiffFaceModel(self.config)
         self.ema.copy_to(snapshot)
         snapshot.save_pretrained(folder)
-        del model
         return Path(folder)
 
     def fit(self, progress: bool = True, max_seconds: float | None = None) -> dict:
@@ -318,15 +316,25 @@ def train_idiff_face(
     resume: bool = True,
     progress: bool = True,
     max_seconds: float | None = None,
+    init_from: str | Path | None = None,
 ) -> Path:
-    """Train (or resume) on a training-set file; returns the exported model folder."""
+    """Train (or resume) on a training-set file; returns the exported model folder.
+
+    ``init_from`` (a model folder, e.g. the committed default model) starts a new run
+    from those weights when there is no checkpoint to resume: training can continue
+    on another machine from what is in the repository.
+    """
     data = FaceTrainingSet.load(data_path)
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
     checkpoint = out_dir / "checkpoint" / "state.json"
+    initial = None
     if resume and checkpoint.is_file():
         saved = json.loads(checkpoint.read_text())
         config = IDiffFaceConfig.model_validate(saved["config"])
+    elif init_from:
+        initial = IDiffFaceModel.from_pretrained(init_from)
+        config = initial.config
     config = config or IDiffFaceConfig()
     if not config.conditioning_checksum:
         config = config.model_copy(
@@ -336,7 +344,10 @@ def train_idiff_face(
             }
         )
     torch.manual_seed(settings.seed)
-    trainer = Trainer(IDiffFaceModel(config), data, settings, out_dir)
+    model = IDiffFaceModel(config)
+    if initial is not None:
+        model.load_state_dict(initial.state_dict())
+    trainer = Trainer(model, data, settings, out_dir)
     if resume:
         trainer.load_checkpoint()
     trainer.fit(progress=progress, max_seconds=max_seconds)
