@@ -153,6 +153,8 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
     eer, eer_threshold = equal_error_rate(scores, same)
     tar, tar_threshold = tar_at_far(scores, same, 1e-3)
     scores, same = np.asarray(scores, float), np.asarray(same, bool)
+    far, tar_curve, _ = roc_curve(scores, same)
+    keep = np.unique(np.linspace(0, len(far) - 1, min(len(far), 200)).astype(int))
     return {
         "accuracy": accuracy,
         "accuracy_std": std,
@@ -165,4 +167,5 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
         "genuine_mean_cos": float(scores[same].mean()),
         "impostor_mean_cos": float(scores[~same].mean()),
         "pairs": int(len(scores)),
+        "roc": {"far": far[keep].round(5).tolist(), "tar": tar_curve[keep].round(5).tolist()},
     }

@@ -18,3 +18,4 @@ class EvalSettings(BaseModel):
     flip_tta: bool = True
     bins: list[str] = Field(default_factory=list, description="insightface .bin files (trusted)")
     workers: int = Field(2, ge=1)
+    folds: list[int] | None = Field(None, description="only these folds (0-based); quick runs")

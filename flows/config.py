@@ -18,12 +18,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evaluation.fr_train import FRTrainSettings
 from evaluation.settings import EvalSettings
 from faces.settings import FaceSettings
+from filters.settings import FilterSettings
 from generators.settings import GenerateSettings, IdentitySettings
 from shards.settings import ShardSettings
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message says where and how to fix it."""
+
+
+class OrchestrationSettings(BaseModel):
+    """Where Prefect runs the chunked tasks (generation, embedding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runner: str = Field("threads", pattern="^(threads|dask)$")
+    max_workers: int = Field(1, ge=1, description="threads for chunk tasks (runner: threads)")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")
+    dask_workers: int = Field(2, ge=1, description="LocalCluster processes when no address")
+    gpu_workers: bool = Field(False, description="dask_cuda.LocalCUDACluster, one per GPU")
+    gpu_tasks: bool = Field(False, description="annotate generate/embed tasks with GPU: 1")
+    retries: int = Field(2, ge=0)
 
 
 class Recipe(BaseModel):
@@ -37,9 +52,11 @@ class Recipe(BaseModel):
     identities: IdentitySettings = Field(default_factory=IdentitySettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
     faces: FaceSettings = Field(default_factory=FaceSettings)
+    filter: FilterSettings = Field(default_factory=FilterSettings)
     shards: ShardSettings = Field(default_factory=ShardSettings)
     train: FRTrainSettings = Field(default_factory=FRTrainSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
 
     def section_hash(self, section: str) -> str:
         """Stable hash of one section (stages use it to decide whether to re-run)."""

@@ -1,0 +1,359 @@
+"""One self-contained HTML report per run: what was built, what was thrown away, how
+good it is. Plots are PNGs embedded as base64, so the file travels alone.
+
+Reads only files of the run directory (stage markers, filter metrics and decisions,
+generated chunks, training history, evaluation JSON); never re-computes a stage.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+STAGE_ORDER = ("identities", "generate", "embed", "filter", "shards", "train", "evaluate")
+
+
+def _png(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _figure(width: float = 5.5, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def _json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _find_distributions(node, found: list, trail: str = "") -> list:
+    """(label, genuine, impostor) for every dict holding genuine+impostor histograms."""
+    if isinstance(node, dict):
+        genuine, impostor = node.get("genuine"), node.get("impostor")
+        if isinstance(genuine, dict) and "histogram" in genuine and isinstance(impostor, dict):
+            found.append((trail.strip("/") or "all", genuine, impostor))
+        for key, value in node.items():
+            if key not in ("genuine", "impostor"):
+                _find_distributions(value, found, f"{trail}/{key}")
+    return found
+
+
+def histogram_plot(label: str, genuine: dict, impostor: dict) -> str:
+    figure, axis = _figure()
+    for name, dist, colour in (
+        ("genuine", genuine, "tab:green"),
+        ("impostor", impostor, "tab:red"),
+    ):
+        edges = np.array(dist["histogram"]["edges"])
+        counts = np.array(dist["histogram"]["counts"], dtype=float)
+        if counts.sum():
+            axis.stairs(
+                counts / counts.sum(),
+                edges,
+                label=f"{name} (n={dist.get('n')})",
+                color=colour,
+                fill=True,
+                alpha=0.4,
+            )
+    axis.set_xlabel("cosine similarity")
+    axis.set_ylabel("share of pairs")
+    axis.set_title(label)
+    axis.legend()
+    return _png(figure)
+
+
+def funnel_plot(funnel) -> str | None:
+    rows = _funnel_rows(funnel)
+    if not rows:
+        return None
+    figure, axis = _figure(6, 0.4 * len(rows) + 1)
+    labels = [r[0] for r in rows]
+    axis.barh(labels[::-1], [r[1] for r in rows][::-1], color="tab:blue")
+    axis.set_xlabel("samples removed")
+    return _png(figure)
+
+
+def _funnel_rows(funnel) -> list[tuple[str, float, str]]:
+    """(rule, samples removed, detail) from the filter's funnel in whatever shape it has."""
+    rows = []
+    if isinstance(funnel, list):
+        for step in funnel:
+            if isinstance(step, dict):
+                name = str(step.get("rule") or step.get("name") or step.get("step"))
+                removed = step.get(
+                    "samples_removed", step.get("removed_samples", step.get("removed", 0))
+                )
+                rows.append((name, float(removed or 0), json.dumps(step)))
+    elif isinstance(funnel, dict):
+        for name, step in funnel.items():
+            removed = (
+                step.get("samples_removed", step.get("removed", 0))
+                if isinstance(step, dict)
+                else step
+            )
+            rows.append((str(name), float(removed or 0), json.dumps(step)))
+    return rows
+
+
+def per_identity_plot(decisions_path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    if not decisions_path.is_file():
+        return None
+    table = pq.read_table(decisions_path, columns=["identity", "kept"]).to_pylist()
+    kept: dict[int, int] = {}
+    for row in table:
+        kept.setdefault(row["identity"], 0)
+        kept[row["identity"]] += int(bool(row["kept"]))
+    counts = np.array(list(kept.values()))
+    figure, axis = _figure()
+    axis.hist(
+        counts, bins=np.arange(counts.max() + 2) - 0.5 if len(counts) else 10, color="tab:purple"
+    )
+    axis.set_xlabel("kept images per identity")
+    axis.set_ylabel("identities")
+    return _png(figure)
+
+
+def sample_grid(run_dir: Path, kept: bool, rows: int = 4, columns: int = 8) -> tuple[str, str]:
+    """A grid of kept (one identity per row) or rejected samples (with reasons)."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from shards.tarformat import iter_members
+
+    decisions_path = run_dir / "filter" / "decisions.parquet"
+    if not decisions_path.is_file():
+        return "", ""
+    decisions = pq.read_table(
+        decisions_path, columns=["key", "identity", "kept", "reject_reason"]
+    ).to_pylist()
+    chosen: list[dict] = []
+    if kept:
+        by_identity: dict[int, list[dict]] = {}
+        for row in decisions:
+            if row["kept"]:
+                by_identity.setdefault(row["identity"], []).append(row)
+        for identity in sorted(by_identity)[:rows]:
+            chosen.extend(by_identity[identity][:columns])
+    else:
+        chosen = [row for row in decisions if not row["kept"]][: rows * columns]
+    wanted = {row["key"] for row in chosen}
+    images: dict[str, bytes] = {}
+    for tar in sorted((run_dir / "generate").glob("part-*.tar")):
+        with open(tar, "rb") as handle:
+            for member in iter_members(handle, source=str(tar), max_member_bytes=64 << 20):
+                stem = member.name.rpartition(".")[0]
+                if stem in wanted and member.name.endswith(".jpg"):
+                    images[stem] = member.data
+    tiles = [(row, images.get(row["key"])) for row in chosen if images.get(row["key"])]
+    if not tiles:
+        return "", ""
+    size = 80
+    grid_rows = (len(tiles) + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * size, grid_rows * size), (255, 255, 255))
+    for index, (_, data) in enumerate(tiles):
+        tile = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
+        canvas.paste(tile, ((index % columns) * size, (index // columns) * size))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    reasons: dict[str, int] = {}
+    for row, _ in tiles:
+        reasons[str(row["reject_reason"])] = reasons.get(str(row["reject_reason"]), 0) + 1
+    caption = (
+        "one synthetic identity per row"
+        if kept
+        else "rejected samples; reasons: " + ", ".join(f"{k} x{v}" for k, v in reasons.items())
+    )
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), caption
+
+
+def training_plot(history: list[dict]) -> str | None:
+    if not history:
+        return None
+    figure, axis = _figure()
+    epochs = [h["epoch"] for h in history]
+    axis.plot(epochs, [h["loss"] for h in history], marker="o", label="train loss")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss")
+    points = [(h["epoch"], 100 * h["val_accuracy"]) for h in history if "val_accuracy" in h]
+    if points:
+        right = axis.twinx()
+        right.plot(*zip(*points, strict=True), color="tab:orange", marker="s")
+        right.set_ylabel("LFW accuracy %", color="tab:orange")
+    return _png(figure)
+
+
+def roc_plot(evaluations: dict[str, dict]) -> str | None:
+    curves = {k: v["roc"] for k, v in evaluations.items() if isinstance(v.get("roc"), dict)}
+    if not curves:
+        return None
+    figure, axis = _figure()
+    for name, roc in curves.items():
+        axis.plot(np.maximum(roc["far"], 1e-4), roc["tar"], label=name)
+    axis.set_xscale("log")
+    axis.set_xlabel("false accept rate")
+    axis.set_ylabel("true accept rate")
+    axis.legend()
+    return _png(figure)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(src: str | None, caption: str = "") -> str:
+    if not src:
+        return ""
+    return f'<figure><img src="{src}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def summarise(run_dir: Path) -> dict:
+    """The key figures of a run (also used for Prefect artifacts)."""
+    markers = {s: _json(run_dir / s / "_SUCCESS.json") for s in STAGE_ORDER}
+    evaluations = {
+        p.stem: _json(p)
+        for p in sorted((run_dir / "evaluate").glob("*.json"))
+        if not p.name.startswith("_")
+    }
+    shards = markers.get("shards") or {}
+    verdict = []
+    candidates = shards.get("samples")
+    if candidates is not None:
+        verdict.append(
+            f"{shards.get('kept', 0)} of {candidates} candidate images kept, "
+            f"{shards.get('classes', 0)} identities."
+        )
+        if not shards.get("classes") or shards.get("classes", 0) < 2:
+            verdict.append(
+                "Too few identities survived filtering to train a recognizer: "
+                "the generator is not producing usable faces yet (see the funnel)."
+            )
+    for name, figures in evaluations.items():
+        if isinstance(figures, dict) and "accuracy" in figures:
+            verdict.append(
+                f"{name}: {100 * figures['accuracy']:.2f}% +- {100 * figures['accuracy_std']:.2f}"
+            )
+    return {"markers": markers, "evaluations": evaluations, "verdict": verdict}
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``run_dir/report/report.html`` (or ``out``) and return its path."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "report" / "report.html"
+    summary = summarise(run_dir)
+    markers, evaluations = summary["markers"], summary["evaluations"]
+    recipe_text = (
+        (run_dir / "recipe.resolved.yaml").read_text()
+        if (run_dir / "recipe.resolved.yaml").is_file()
+        else ""
+    )
+    parts = [
+        f"<h1>facefoundry run: {html.escape(run_dir.name)}</h1>",
+        "<p class=verdict>" + "<br>".join(html.escape(v) for v in summary["verdict"]) + "</p>",
+    ]
+    parts.append(
+        "<h2>Stages</h2>"
+        + _table(
+            ["stage", "state", "seconds", "inputs hash", "notes"],
+            [
+                [
+                    s,
+                    "done" if m else "not run",
+                    (m or {}).get("seconds", ""),
+                    (m or {}).get("inputs_hash", ""),
+                    (m or {}).get("skipped_reason") or (m or {}).get("empty") or "",
+                ]
+                for s, m in markers.items()
+            ],
+        )
+    )
+    metrics = _json(run_dir / "filter" / "metrics.json") or {}
+    if metrics:
+        parts.append("<h2>Filtering</h2>")
+        rows = _funnel_rows(metrics.get("funnel"))
+        if rows:
+            parts.append(
+                _table(
+                    ["rule", "samples removed", "detail"], [[r[0], int(r[1]), r[2]] for r in rows]
+                )
+            )
+        parts.append(_img(funnel_plot(metrics.get("funnel")), "samples removed by each rule"))
+        for label, genuine, impostor in _find_distributions(metrics.get("metrics", {}), []):
+            parts.append(
+                _img(
+                    histogram_plot(label, genuine, impostor), f"genuine vs impostor cosine, {label}"
+                )
+            )
+        parts.append(
+            _img(
+                per_identity_plot(run_dir / "filter" / "decisions.parquet"),
+                "kept images per identity",
+            )
+        )
+        for kept in (True, False):
+            grid, caption = sample_grid(run_dir, kept)
+            parts.append(("<h3>kept</h3>" if kept else "<h3>rejected</h3>") + _img(grid, caption))
+    history = _json(run_dir / "train" / "history.json")
+    if history:
+        parts.append("<h2>Training</h2>" + _img(training_plot(history), "loss and LFW accuracy"))
+    if evaluations:
+        parts.append(
+            "<h2>Verification</h2>"
+            + _table(
+                ["benchmark", "accuracy %", "std", "AUC", "EER %", "TAR@FAR=1e-3 %", "pairs"],
+                [
+                    [
+                        k,
+                        f"{100 * v['accuracy']:.2f}",
+                        f"{100 * v['accuracy_std']:.2f}",
+                        f"{v['auc']:.4f}",
+                        f"{100 * v['eer']:.2f}",
+                        f"{100 * v['tar_at_far_1e-3']:.2f}",
+                        v["pairs"],
+                    ]
+                    for k, v in evaluations.items()
+                    if isinstance(v, dict)
+                ],
+            )
+        )
+        parts.append(_img(roc_plot(evaluations), "ROC"))
+    parts.append("<h2>Recipe</h2><pre>" + html.escape(recipe_text) + "</pre>")
+    style = (
+        "body{font-family:sans-serif;max-width:980px;margin:2em auto}table{border-collapse:"
+        "collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+        ".verdict{font-size:16px;background:#f4f4f4;padding:8px}figure{display:inline-block}"
+    )
+    document = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>facefoundry "
+        f"{html.escape(run_dir.name)}</title><style>{style}</style></head><body>"
+        + "\n".join(p for p in parts if p)
+        + "</body></html>"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(document)
+    return out
