@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/facefoundry recipe check recipes/demo.yaml
-	$(BIN)/facefoundry eval lfw --embedder sface --pairs devtest --json runs/demo/eval/lfw-devtest-sface.json
+	$(BIN)/facefoundry run recipes/demo.yaml --out runs
+	@echo "report: runs/demo/report/report.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -69,8 +69,19 @@ def stage_task(run_dir: str, stage: str) -> dict:
     return run_simple_stage(Run(Path(run_dir)), stage)
 
 
+def submit_all(prefect_task, argument_lists: list[tuple], gpu: bool = False) -> list:
+    """Submit one task per argument tuple; with ``gpu`` each carries resources GPU=1, so
+    a Dask scheduler only places it on workers that declare a GPU."""
+    if not gpu:
+        return [prefect_task.submit(*arguments) for arguments in argument_lists]
+    import dask
+
+    with dask.annotate(resources={"GPU": 1}):
+        return [prefect_task.submit(*arguments) for arguments in argument_lists]
+
+
 def _prefect_mapper(settings: OrchestrationSettings):
-    """Submit each unit as a Prefect task (GPU-annotated when asked); wait for all."""
+    """Run each unit as a Prefect task with retries; a progress artifact per stage."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     tasks = {generate_unit: generate_chunk_task, embed_unit: embed_part_task}
@@ -78,14 +89,8 @@ def _prefect_mapper(settings: OrchestrationSettings):
     def map_units(function, units):
         prefect_task = tasks[function].with_options(retries=settings.retries)
         progress = create_progress_artifact(0.0, description=f"{function.__name__} chunks")
-        futures = []
-        if settings.gpu_tasks:
-            import dask
-
-            with dask.annotate(resources={"GPU": 1}):
-                futures = [prefect_task.submit(str(u[0].run_dir), *u[1:]) for u in units]
-        else:
-            futures = [prefect_task.submit(str(u[0].run_dir), *u[1:]) for u in units]
+        arguments = [(str(unit[0].run_dir), *unit[1:]) for unit in units]
+        futures = submit_all(prefect_task, arguments, settings.gpu_tasks)
         results = []
         for index, future in enumerate(futures, start=1):
             results.append(future.result())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +49,21 @@ def _jittered(identity: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 
 
 _PIPELINES: dict = {}
+_LOAD_LOCK = threading.Lock()  # diffusers' lazy meta-device init is not thread-safe
 
 
 def load_pipeline(settings: GenerateSettings):
     """The sampling pipeline, loaded once per process (per worker on a Dask cluster)."""
+    key = (settings.model, settings.scheduler, settings.device, settings.dtype)
+    with _LOAD_LOCK:
+        return _load_locked(key, settings)
+
+
+def _load_locked(key: tuple, settings: GenerateSettings):
     import torch
 
     from generators.idiff_face.pipeline import IDiffFacePipeline
 
-    key = (settings.model, settings.scheduler, settings.device, settings.dtype)
     if key not in _PIPELINES:
         device = settings.device
         if device == "auto":

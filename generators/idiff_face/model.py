@@ -114,7 +114,9 @@ class IDiffFaceModel(nn.Module):
                 "(train one with `facefoundry generator train` or point at models/idiff-face-lfw)"
             )
         config = IDiffFaceConfig.model_validate(json.loads((folder / CONFIG_NAME).read_text()))
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(
+            folder / "unet", use_safetensors=True, low_cpu_mem_usage=False
+        )
         model = cls(config, unet)
         model.conditioner.load_state_dict(load_file(str(folder / CONDITIONER_WEIGHTS)))
         return model.eval()

@@ -109,7 +109,8 @@ class IDiffFacePipeline:
             ).to(self.device)
         else:
             identity_in, drop = identity, None
-        scheduler = self.scheduler
+        # a fresh scheduler per batch: schedulers hold state, and chunks may share a pipeline
+        scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
         scheduler.set_timesteps(steps, device=self.device)
         latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps
