@@ -97,3 +97,33 @@ def lfw_validator(pairs: AlignedPairs):
         }
 
     return validate
+
+
+def bin_validator(path: str | Path):
+    """A training callback scoring an insightface .bin set (pre-aligned pairs)."""
+    import cv2
+
+    from evaluation.binset import bin_folds, read_bin
+
+    images, issame = read_bin(path)
+    faces = np.stack(
+        [im if im.shape[:2] == (112, 112) else cv2.resize(im, (112, 112)) for im in images]
+    )
+    pairs = AlignedPairs(
+        faces,
+        np.arange(0, len(faces), 2),
+        np.arange(1, len(faces), 2),
+        issame,
+        bin_folds(len(issame)),
+        Path(path).stem,
+    )
+    name = Path(path).stem
+
+    def validate(trainer) -> dict:
+        figures = pairs.evaluate(lambda batch: trainer.embed(batch, flip_tta=True))
+        return {
+            f"val_{name}_accuracy": figures["accuracy"],
+            f"val_{name}_accuracy_std": figures["accuracy_std"],
+        }
+
+    return validate

@@ -60,6 +60,7 @@ class FRTrainSettings(BaseModel):
     threads: int | None = None
     validate_every_epochs: int = 1
     val_pairs: str | None = "devtest"
+    val_bins: list[str] = Field(default_factory=list, description="trusted insightface .bin sets")
     early_stop_patience: int | None = None
     max_minutes: float | None = None
     mixed_precision: str = Field("auto", pattern="^(auto|no|bf16|fp16)$")
@@ -352,11 +353,26 @@ def train_recognizer(
     settings = settings or FRTrainSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    validator = None
+    validators = []
     if settings.val_pairs:
         from evaluation.aligned_pairs import aligned_pairs, lfw_validator
 
-        validator = lfw_validator(aligned_pairs(settings.val_pairs, lfw_root, progress=progress))
+        validators.append(
+            lfw_validator(aligned_pairs(settings.val_pairs, lfw_root, progress=progress))
+        )
+    if settings.val_bins:
+        from evaluation.aligned_pairs import bin_validator
+
+        validators.extend(bin_validator(path) for path in settings.val_bins)
+    validator = None
+    if validators:
+
+        def validator(trainer) -> dict:
+            figures: dict = {}
+            for check in validators:
+                figures.update(check(trainer))
+            return figures
+
     trainer = RecognizerTrainer(shards_dir, out_dir, settings, validator)
     if resume:
         trainer.load_checkpoint()

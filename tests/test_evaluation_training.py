@@ -223,3 +223,36 @@ def test_non_contiguous_labels_are_refused(lfw_shards, tmp_path):
     (broken / "dataset.json").write_text(json.dumps(dataset))
     with pytest.raises(TrainingDataError, match="not contiguous"):
         RecognizerTrainer(broken, tmp_path / "out", small_settings())
+
+
+def test_validation_callbacks_score_bin_sets_during_training(lfw_shards, tmp_path):
+    import cv2
+
+    from evaluation.aligned_pairs import bin_validator
+    from evaluation.binset import write_bin
+
+    rng = np.random.default_rng(0)
+    encoded, issame = [], []
+    for index in range(20):
+        a = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        b = a if index % 2 == 0 else rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        encoded += [cv2.imencode(".png", a)[1].tobytes(), cv2.imencode(".png", b)[1].tobytes()]
+        issame.append(index % 2 == 0)
+    path = write_bin(tmp_path / "toy.bin", encoded, issame)
+    validate = bin_validator(path)
+
+    class ContentHashEmbedder:  # same image -> same vector, other images -> random ones
+        def embed(self, faces, flip_tta=True):
+            rows = [
+                np.random.default_rng(abs(hash(f.tobytes())) % 2**32).standard_normal(64)
+                for f in faces
+            ]
+            return np.stack([r / np.linalg.norm(r) for r in rows])
+
+    assert validate(ContentHashEmbedder())["val_toy_accuracy"] == pytest.approx(1.0)
+    trainer = RecognizerTrainer(
+        lfw_shards, tmp_path / "out", small_settings(epochs=1), validator=validate
+    )
+    entry = trainer.fit(progress=False)["history"][-1]
+    assert 0.0 <= entry["val_toy_accuracy"] <= 1.0 and "val_toy_accuracy_std" in entry
+    assert (tmp_path / "out" / "checkpoint" / "state.json").is_file()
