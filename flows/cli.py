@@ -234,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_recipe_check)
 
-    from flows import cli_models, cli_run, cli_shards
+    from flows import cli_filters, cli_models, cli_run, cli_shards
 
     cli_run.register(commands)
     cli_models.register(commands)
+    cli_filters.register(commands)
     cli_shards.register(commands)
     return parser
 

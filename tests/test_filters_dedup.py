@@ -1,0 +1,121 @@
+"""Inter-class de-duplication and the exact blocked cosine search behind it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from filters.dedup import greedy_dedup, priority_order
+from filters.neighbours import choose_backend, faiss_available, nearest_in, nearest_other
+from filters.testing import at_cosine, plant_duplicates, random_unit, unit
+
+
+def brute_force_greedy(vectors: np.ndarray, tau: float, priority=None):
+    """The greedy rule spelled out with the full similarity matrix (small inputs only)."""
+    similarity = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    kept: list[int] = []
+    keep = np.zeros(len(vectors), dtype=bool)
+    partner = np.full(len(vectors), -1)
+    for row in priority_order(priority, len(vectors)):
+        if kept and similarity[row, kept].max() > tau:
+            partner[row] = kept[int(np.argmax(similarity[row, kept]))]
+        else:
+            kept.append(row)
+            keep[row] = True
+    return keep, partner
+
+
+def test_planted_duplicates_found_exactly():
+    tau = 0.4
+    vectors, orig, dup = plant_duplicates(4000, 512, 40, (0.45, 0.95), seed=3)
+    rng = np.random.default_rng(3)
+    free = np.setdiff1d(np.arange(len(vectors)), np.concatenate([orig, dup]))
+    near = rng.choice(free, size=40, replace=False)
+    vectors[near[20:]] = at_cosine(vectors[near[:20]], 0.38, seed=99)  # near misses stay
+    priority = np.zeros(len(vectors))
+    priority[orig] = 1.0  # the originals are "more consistent": they must be kept
+    result = greedy_dedup(vectors, tau, priority, block=512, screen="none")
+    assert set(np.flatnonzero(~result.kept)) == set(dup)
+    assert np.array_equal(result.partner[dup], orig)
+    expected = np.einsum("ij,ij->i", vectors[dup], vectors[orig])
+    assert np.allclose(result.partner_cos[dup], expected, atol=1e-5)
+    assert (result.partner_cos[dup] > tau).all()
+    assert result.kept[near].all()
+
+
+@pytest.mark.parametrize("screen", ["none", "bf16"])
+@pytest.mark.parametrize("block", [64, 300, 5000])
+def test_blocked_greedy_equals_brute_force(screen, block):
+    # clustered data: many pairs above tau inside and across blocks, chains of merges
+    rng = np.random.default_rng(11)
+    centres = random_unit(40, 16, seed=1)
+    vectors = unit(centres[rng.integers(0, 40, 1500)] + 0.35 * rng.standard_normal((1500, 16)))
+    priority = rng.random(1500)
+    result = greedy_dedup(vectors, 0.8, priority, block=block, screen=screen)
+    keep, partner = brute_force_greedy(vectors, 0.8, priority)
+    assert 50 < result.n_merged < 1450
+    assert np.array_equal(result.kept, keep)
+    assert np.array_equal(result.partner, partner)
+    kept = vectors[result.kept]
+    inner = kept @ kept.T
+    np.fill_diagonal(inner, -1)
+    assert inner.max() <= 0.8 + 1e-6  # what remains is pairwise below tau
+
+
+def test_more_consistent_identity_is_kept():
+    a = random_unit(1, 32, seed=5)
+    b = at_cosine(a, 0.9, seed=6)
+    vectors = np.concatenate([a, b, random_unit(3, 32, seed=7)])
+    for preferred, other in ((0, 1), (1, 0)):
+        priority = np.zeros(5)
+        priority[preferred] = 0.8
+        priority[other] = 0.5
+        result = greedy_dedup(vectors, 0.4, priority)
+        assert result.kept[preferred] and not result.kept[other]
+        assert result.partner[other] == preferred
+        assert result.partner_cos[other] == pytest.approx(0.9, abs=1e-5)
+
+
+def test_nan_priority_goes_last_and_ties_keep_row_order():
+    order = priority_order(np.array([0.5, np.nan, 0.5, 0.9]), 4)
+    assert order.tolist() == [3, 0, 2, 1]
+
+
+def test_dedup_refuses_nan_centroids():
+    vectors = random_unit(10, 8)
+    vectors[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        greedy_dedup(vectors, 0.4)
+
+
+def test_nearest_other_and_nearest_in_match_brute_force():
+    vectors = random_unit(1200, 24, seed=2)
+    vectors[7] = vectors[500]  # an exact duplicate pair
+    ids, cos = nearest_other(vectors, block=256)
+    full = vectors @ vectors.T
+    np.fill_diagonal(full, -np.inf)
+    assert np.allclose(cos, full.max(axis=1), atol=1e-5)
+    assert ids[7] == 500 and ids[500] == 7
+    assert np.mean(ids == full.argmax(axis=1)) > 0.99  # ties aside
+    queries, base = vectors[:100], vectors[100:]
+    where, best = nearest_in(queries, base, block=37)
+    assert np.allclose(best, (queries @ base.T).max(axis=1), atol=1e-5)
+    assert where[7] == 400
+
+
+@pytest.mark.skipif(faiss_available(), reason="faiss is installed: the fallback is not used")
+def test_faiss_is_optional():
+    assert choose_backend("auto") == "torch"
+    with pytest.raises(ImportError, match="faiss"):
+        choose_backend("faiss")
+    with pytest.raises(ImportError, match="faiss"):
+        greedy_dedup(random_unit(10, 8), 0.4, backend="faiss")
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
+def test_faiss_backend_agrees_with_torch():
+    vectors, _, _ = plant_duplicates(3000, 64, 30, (0.5, 0.9), seed=9)
+    torch_result = greedy_dedup(vectors, 0.4, backend="torch")
+    faiss_result = greedy_dedup(vectors, 0.4, backend="faiss")
+    assert np.array_equal(torch_result.kept, faiss_result.kept)
+    assert np.array_equal(torch_result.partner, faiss_result.partner)
