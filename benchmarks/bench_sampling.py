@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-
 from common import REPO, finish, machine
 
 
@@ -40,11 +39,13 @@ def judge(faces: np.ndarray, identity_of: np.ndarray, judge_spec: str, seed: int
             impostor.append(float(vectors[a] @ vectors[b]))
     scores = np.array(genuine + impostor)
     same = np.array([True] * len(genuine) + [False] * len(impostor))
-    return {"face_rate": round(float(found.mean()), 4),
-            "genuine_cos": round(float(np.mean(genuine)), 4),
-            "impostor_cos": round(float(np.mean(impostor)), 4),
-            "gap": round(float(np.mean(genuine) - np.mean(impostor)), 4),
-            "eer": round(equal_error_rate(scores, same)[0], 4)}
+    return {
+        "face_rate": round(float(found.mean()), 4),
+        "genuine_cos": round(float(np.mean(genuine)), 4),
+        "impostor_cos": round(float(np.mean(impostor)), 4),
+        "gap": round(float(np.mean(genuine) - np.mean(impostor)), 4),
+        "eer": round(equal_error_rate(scores, same)[0], 4),
+    }
 
 
 def main() -> None:
@@ -67,9 +68,16 @@ def main() -> None:
     identity_of = np.repeat(table.ids, per_id)
     seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
     vectors = table.embeddings[identity_of]
-    figures: dict = {"machine": machine(), "quick": args.quick, "model": args.model,
-                     "judge": args.judge, "conditioning": config.conditioning_embedder,
-                     "identities": n_ids, "per_identity": per_id, "torch_threads": args.threads}
+    figures: dict = {
+        "machine": machine(),
+        "quick": args.quick,
+        "model": args.model,
+        "judge": args.judge,
+        "conditioning": config.conditioning_embedder,
+        "identities": n_ids,
+        "per_identity": per_id,
+        "torch_threads": args.threads,
+    }
 
     fast(vectors[:2], seeds[:2], steps=25)  # warm-up
     started = time.perf_counter()
@@ -79,9 +87,15 @@ def main() -> None:
     started = time.perf_counter()
     ddpm_images = reference(vectors[:n_ddpm], seeds[:n_ddpm], steps=1000, batch_size=n_ddpm)
     ddpm_rate = n_ddpm / (time.perf_counter() - started)
-    figures.update({"fast_scheduler": "dpmsolver++", "fast_steps": 25,
-                    "fast_img_per_s": round(fast_rate, 2), "ddpm1000_img_per_s": round(ddpm_rate, 3),
-                    "speedup_vs_ddpm1000": round(fast_rate / ddpm_rate, 1)})
+    figures.update(
+        {
+            "fast_scheduler": "dpmsolver++",
+            "fast_steps": 25,
+            "fast_img_per_s": round(fast_rate, 2),
+            "ddpm1000_img_per_s": round(ddpm_rate, 3),
+            "speedup_vs_ddpm1000": round(fast_rate / ddpm_rate, 1),
+        }
+    )
     quality = judge(images, identity_of, args.judge)
     figures.update(quality)
     # same identities and seeds through both samplers: does the fast one keep identity?
@@ -113,8 +127,16 @@ def main() -> None:
 def _shrink(faces: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
-    return np.stack([cv2.resize(cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA),
-                                (112, 112), interpolation=cv2.INTER_CUBIC) for f in faces])
+    return np.stack(
+        [
+            cv2.resize(
+                cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA),
+                (112, 112),
+                interpolation=cv2.INTER_CUBIC,
+            )
+            for f in faces
+        ]
+    )
 
 
 def _save_grid(images: np.ndarray, per_id: int, path) -> None:
