@@ -89,29 +89,28 @@ def funnel_plot(funnel) -> str | None:
     figure, axis = _figure(6, 0.4 * len(rows) + 1)
     labels = [r[0] for r in rows]
     axis.barh(labels[::-1], [r[1] for r in rows][::-1], color="tab:blue")
-    axis.set_xlabel("samples removed")
+    axis.set_xlabel("removed (samples or identities, by rule)")
     return _png(figure)
 
 
 def _funnel_rows(funnel) -> list[tuple[str, float, str]]:
-    """(rule, samples removed, detail) from the filter's funnel in whatever shape it has."""
+    """(rule, removed, detail) rows of the filter funnel: sample rules, then identity rules
+    (``{"samples": {"input", "steps": [{rule, removed, remaining}]}, "identities": ...}``)."""
     rows = []
-    if isinstance(funnel, list):
-        for step in funnel:
-            if isinstance(step, dict):
-                name = str(step.get("rule") or step.get("name") or step.get("step"))
-                removed = step.get(
-                    "samples_removed", step.get("removed_samples", step.get("removed", 0))
+    if not isinstance(funnel, dict):
+        return rows
+    for level in ("samples", "identities"):
+        section = funnel.get(level)
+        if not isinstance(section, dict):
+            continue
+        for step in section.get("steps", []):
+            rows.append(
+                (
+                    f"{level}: {step.get('rule')}",
+                    float(step.get("removed") or 0),
+                    f"{step.get('remaining')} {level} remain",
                 )
-                rows.append((name, float(removed or 0), json.dumps(step)))
-    elif isinstance(funnel, dict):
-        for name, step in funnel.items():
-            removed = (
-                step.get("samples_removed", step.get("removed", 0))
-                if isinstance(step, dict)
-                else step
             )
-            rows.append((str(name), float(removed or 0), json.dumps(step)))
     return rows
 
 
@@ -253,6 +252,21 @@ def summarise(run_dir: Path) -> dict:
                 "Too few identities survived filtering to train a recognizer: "
                 "the generator is not producing usable faces yet (see the funnel)."
             )
+    funnel = (_json(run_dir / "filter" / "metrics.json") or {}).get("funnel") or {}
+    identities = funnel.get("identities") if isinstance(funnel, dict) else None
+    if isinstance(identities, dict) and identities.get("input"):
+        total, kept = identities["input"], identities.get("kept", 0)
+        steps = [s for s in identities.get("steps", []) if s.get("removed")]
+        worst = max(steps, key=lambda s: s["removed"]) if steps else None
+        line = f"{kept} of {total} synthetic identities survived filtering"
+        if worst:
+            line += f"; the largest cut: {worst['rule']} removed {worst['removed']}"
+        if kept < 0.5 * total:
+            line += (
+                ". Most identities were lost: the generator does not yet produce "
+                "consistent, separable identities, so accuracy below reflects that"
+            )
+        verdict.append(line + ".")
     for name, figures in evaluations.items():
         if isinstance(figures, dict) and "accuracy" in figures:
             verdict.append(
@@ -302,7 +316,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                     ["rule", "samples removed", "detail"], [[r[0], int(r[1]), r[2]] for r in rows]
                 )
             )
-        parts.append(_img(funnel_plot(metrics.get("funnel")), "samples removed by each rule"))
+        parts.append(_img(funnel_plot(metrics.get("funnel")), "what each rule removed"))
         for label, genuine, impostor in _find_distributions(metrics.get("metrics", {}), []):
             parts.append(
                 _img(
