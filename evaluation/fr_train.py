@@ -115,6 +115,16 @@ class RecognizerTrainer:
         self.train_size = int(
             sum(v for k, v in sizes.items() if "train" in k) or sum(sizes.values())
         )
+        # a small dataset (e.g. few identities survived filtering) still trains: shrink the
+        # batch to the data rather than yield no full batch at all
+        self.batch_size = max(2, min(settings.batch_size, self.train_size))
+        if self.batch_size < settings.batch_size:
+            logger.warning(
+                "only %d training images: batch size %d instead of %d",
+                self.train_size,
+                self.batch_size,
+                settings.batch_size,
+            )
         torch.manual_seed(settings.seed)
         backbone = get_model(settings.backbone, num_features=settings.embedding_dim)
         head = MarginHead(
@@ -153,7 +163,7 @@ class RecognizerTrainer:
             "train",
             shuffle=True,
             seed=self.settings.seed + epoch,
-            batch_size=self.settings.batch_size,
+            batch_size=self.batch_size,
             partial_batches=False,
         )
         loader = make_loader(dataset, num_workers=self.settings.loader_workers)
@@ -170,7 +180,7 @@ class RecognizerTrainer:
 
     def steps_per_epoch(self) -> int:
         world = self.accelerator.num_processes
-        return max(1, self.train_size // (self.settings.batch_size * world))
+        return max(1, self.train_size // (self.batch_size * world))
 
     # --- optimisation --------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -305,6 +315,11 @@ class RecognizerTrainer:
                     out_of_time = True
                     break
             bar.close()
+            if not losses:
+                raise TrainingDataError(
+                    f"epoch {self.epoch + 1} produced no batch of {self.batch_size} from "
+                    f"{self.shards_dir} ({self.train_size} images)"
+                )
             self.epoch += 1
             entry = {
                 "epoch": self.epoch,

@@ -33,6 +33,16 @@ UPSTREAM = {
     "evaluate": ["train"],
 }
 RESOLVED = "recipe.resolved.yaml"
+# the packages whose source decides each stage's output (like Prefect's TASK_SOURCE policy)
+STAGE_CODE = {
+    "identities": ("generators",),
+    "generate": ("generators", "shards"),
+    "embed": ("faces", "filters"),
+    "filter": ("filters",),
+    "shards": ("shards",),
+    "train": ("evaluation", "shards"),
+    "evaluate": ("evaluation", "faces"),
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,19 @@ def section_for(recipe: Recipe, stage: str) -> dict:
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def code_digest(packages: tuple[str, ...]) -> str:
+    """SHA-256 over the Python source of ``packages``: a code change re-runs the stage."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def stage_hash(run: Run, stage: str, recipe: Recipe | None = None) -> str:
     recipe = recipe or run.recipe
     upstream = []
@@ -100,7 +123,8 @@ def stage_hash(run: Run, stage: str, recipe: Recipe | None = None) -> str:
         upstream.append(
             json.loads(marker.read_text())["inputs_hash"] if marker.is_file() else f"missing:{name}"
         )
-    return inputs_hash(section_for(recipe, stage), upstream)
+    section = {"settings": section_for(recipe, stage), "code": code_digest(STAGE_CODE[stage])}
+    return inputs_hash(section, upstream)
 
 
 def embedders_for(recipe: Recipe) -> list[str]:

@@ -256,3 +256,10 @@ def test_validation_callbacks_score_bin_sets_during_training(lfw_shards, tmp_pat
     entry = trainer.fit(progress=False)["history"][-1]
     assert 0.0 <= entry["val_toy_accuracy"] <= 1.0 and "val_toy_accuracy_std" in entry
     assert (tmp_path / "out" / "checkpoint" / "state.json").is_file()
+
+
+def test_a_dataset_smaller_than_a_batch_still_trains(lfw_shards, tmp_path):
+    trainer = RecognizerTrainer(lfw_shards, tmp_path, small_settings(batch_size=512, epochs=1))
+    assert trainer.batch_size == 32  # the 32 faces of the fixture
+    history = trainer.fit(progress=False)["history"]
+    assert history[-1]["step"] == 1 and history[-1]["loss"] is not None
