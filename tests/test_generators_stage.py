@@ -105,3 +105,34 @@ def test_identity_dimension_mismatch_is_a_clear_error(tiny_model_dir, tmp_path):
                 "2",
             ]
         )
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_images(tiny_model_dir):
+    import numpy as np
+
+    from generators.idiff_face.generate import sample_with_backoff
+    from generators.idiff_face.pipeline import IDiffFacePipeline
+    from generators.settings import GenerateSettings
+
+    class SmallMemoryPipeline(IDiffFacePipeline):
+        """Raises CUDA's out-of-memory error for batches above 2, like a small GPU."""
+
+        batches: list[int] = []
+
+        def _sample_batch(self, identity, seeds, *args):
+            self.batches.append(len(seeds))
+            if len(seeds) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super()._sample_batch(identity, seeds, *args)
+
+    model = IDiffFaceModel.from_pretrained(tiny_model_dir)
+    settings = GenerateSettings(model=str(tiny_model_dir), steps=3, batch_size=8)
+    vectors = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32)
+    seeds = [11, 12, 13, 14, 15]
+    small = SmallMemoryPipeline(model, "dpmsolver++", device="cpu")
+    images = sample_with_backoff(small, vectors, seeds, settings)
+    assert small.batches[:3] == [5, 4, 2]  # 8 -> 4 -> 2
+    reference = IDiffFacePipeline(model, "dpmsolver++", device="cpu")(
+        vectors, seeds, steps=3, batch_size=1
+    )
+    assert np.abs(images.astype(int) - reference.astype(int)).max() <= 1

@@ -75,6 +75,39 @@ def _load_locked(key: tuple, settings: GenerateSettings):
     return _PIPELINES[key]
 
 
+def sample_with_backoff(
+    pipeline,
+    vectors: np.ndarray,
+    seeds: list[int],
+    settings: GenerateSettings,
+    progress: bool = False,
+) -> np.ndarray:
+    """Sample, halving the batch after each GPU out-of-memory error (down to 1).
+
+    Per-sample seeds make the images independent of the batch size, so a retry with a
+    smaller batch reproduces what the larger one would have drawn.
+    """
+    import torch
+
+    batch = settings.batch_size
+    while True:
+        try:
+            return pipeline(
+                vectors,
+                seeds,
+                steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                batch_size=batch,
+                progress=progress,
+            )
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            torch.cuda.empty_cache()
+            logger.warning("GPU out of memory: retrying with batch size %d", batch)
+
+
 def generate_chunk(
     identities_path: str | Path,
     identity_ids: list[int],
@@ -136,14 +169,7 @@ def generate_chunk(
                     "prompt": None,
                 }
             )
-    images = pipeline(
-        np.stack(vectors),
-        seeds,
-        steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        batch_size=settings.batch_size,
-        progress=progress,
-    )
+    images = sample_with_backoff(pipeline, np.stack(vectors), seeds, settings, progress)
     members = []
     for row, image in zip(rows, images, strict=True):
         members.append(
