@@ -36,6 +36,29 @@ class AlignedPairs:
         return verification_metrics(scores, self.same, self.folds)
 
 
+def align_lfw_images(
+    lfw: Lfw,
+    names: list[str],
+    no_face: str,
+    description: str,
+    workers: int = 2,
+    progress: bool = True,
+):
+    """YuNet + ArcFace alignment of LFW images (112 px), one outcome per name."""
+    from faces import process_images_parallel
+
+    return process_images_parallel(
+        list(lfw.read_many(names)),
+        "yunet",
+        "sface",
+        workers=workers,
+        progress=progress,
+        description=description,
+        no_face=no_face,
+        keep_aligned=112,
+    )
+
+
 def aligned_pairs(
     pairs: str = "devtest",
     lfw_root: str | Path | None = None,
@@ -43,8 +66,6 @@ def aligned_pairs(
     progress: bool = True,
 ) -> AlignedPairs:
     """Aligned faces for one LFW pair set (cached as .npz under the cache folder)."""
-    from faces import process_images_parallel
-
     lfw = Lfw(lfw_root)
     selected = load_pairs(lfw, pairs)
     names = sorted({p.left for p in selected} | {p.right for p in selected})
@@ -57,17 +78,9 @@ def aligned_pairs(
     else:
         faces = None
     if faces is None:
-        result = process_images_parallel(
-            list(lfw.read_many(names)),
-            "yunet",
-            "sface",
-            workers=workers,
-            progress=progress,
-            description=f"align LFW {pairs}",
-            no_face="centre",
-            keep_aligned=112,
-        )
-        faces = result.aligned
+        faces = align_lfw_images(
+            lfw, names, "centre", f"align LFW {pairs}", workers, progress
+        ).aligned
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(cache.name + ".partial.npz")
         np.savez(partial, faces=faces, names=np.array(names))

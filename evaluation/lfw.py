@@ -157,3 +157,13 @@ def read_people(path: str | Path) -> list[tuple[str, int]]:
         if len(parts) == 2:
             rows.append((parts[0], int(parts[1])))
     return rows
+
+
+def people_images(people: list[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    """Image names of (name, count) rows and the person index of each image."""
+    names, labels = [], []
+    for index, (person, count) in enumerate(people):
+        for number in range(1, count + 1):
+            names.append(image_name(person, number))
+            labels.append(index)
+    return names, labels

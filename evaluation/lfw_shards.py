@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from evaluation.lfw import Lfw, image_name, read_people
+from evaluation.lfw import Lfw, people_images, read_people
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def write_lfw_shards(
     progress: bool = True,
 ) -> Path:
     """Write (or reuse, when dataset.json exists) shards of the listed LFW people."""
-    from faces import process_images_parallel
+    from evaluation.aligned_pairs import align_lfw_images
     from shards import ShardSample, encode_face_jpeg, finalize, make_key, write_split
 
     out_dir = Path(out_dir)
@@ -31,21 +31,8 @@ def write_lfw_shards(
         return out_dir
     lfw = Lfw(lfw_root)
     people = read_people(lfw.protocol_file(people_file))[:limit_people]
-    names, identities = [], []
-    for identity, (person, count) in enumerate(people):
-        for number in range(1, count + 1):
-            names.append(image_name(person, number))
-            identities.append(identity)
-    result = process_images_parallel(
-        list(lfw.read_many(names)),
-        "yunet",
-        "sface",
-        workers=workers,
-        progress=progress,
-        description=f"align {people_file}",
-        no_face="reject",
-        keep_aligned=112,
-    )
+    names, identities = people_images(people)
+    result = align_lfw_images(lfw, names, "reject", f"align {people_file}", workers, progress)
     samples = []
     counters: dict[int, int] = {}
     for identity, outcome, face in zip(identities, result.outcomes, result.aligned, strict=True):

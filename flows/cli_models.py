@@ -19,16 +19,12 @@ def cmd_identities(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_lfw(args: argparse.Namespace) -> int:
-    from evaluation.lfw import Lfw, image_name, read_people
+    from evaluation.lfw import Lfw, people_images, read_people
     from generators.training_data import build_training_set
 
     lfw = Lfw(args.lfw)
     people = read_people(lfw.protocol_file(args.people))
-    names, labels = [], []
-    for index, (person, count) in enumerate(people):
-        for number in range(1, count + 1):
-            names.append(image_name(person, number))
-            labels.append(index)
+    names, labels = people_images(people)
     data, summary = build_training_set(
         list(lfw.read_many(names)),
         labels,
