@@ -1,0 +1,208 @@
+"""The generation stage for ID-Booth: one chunk of identities -> prompt-varied images.
+
+Per identity: reference images (a folder of photos, or IDiff-Face samples of the
+identity's embedding) -> a LoRA fine-tune (reused when its adapter already exists, so a
+resumed run does not train twice) -> ``samples_per_identity`` images from the variation
+prompts. Same output contract as ``generators.idiff_face.generate``: part-NNNNN.tar
+({key}.jpg full image + {key}.json) and part-NNNNN.parquet written last. The embed stage
+detects and aligns the faces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generators.id_booth.settings import IDBoothSettings
+from generators.identities import IdentityTable
+from generators.seeds import sample_seed
+
+logger = logging.getLogger(__name__)
+_BASES: dict = {}
+_LOCK = threading.Lock()
+
+
+def load_base_once(folder: str, device: str):
+    """One base pipeline per process (per Dask worker), shared by every identity."""
+    from generators.id_booth.base import load_base
+
+    with _LOCK:
+        key = (str(folder), device)
+        if key not in _BASES:
+            _BASES[key] = load_base(folder, device)
+        return _BASES[key]
+
+
+def _read_images(paths: list[Path]) -> np.ndarray:
+    from faces.io import load_image
+
+    return np.stack([load_image(p) for p in paths])
+
+
+def prior_class_images(base, settings: IDBoothSettings, cache_dir: Path, seed: int) -> np.ndarray:
+    """The prior-class set: the user's folder, or ``prior_count`` images of the class
+    prompt drawn once by the base model (LoRA off) and cached as PNG."""
+    if settings.prior_images:
+        paths = sorted(
+            p for p in Path(settings.prior_images).iterdir() if p.suffix.lower() in (".jpg", ".png")
+        )
+        if not paths:
+            raise FileNotFoundError(f"no .jpg/.png prior-class images in {settings.prior_images}")
+        return _read_images(paths)
+    from PIL import Image
+
+    from generators.id_booth.sample import sample_images
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = [cache_dir / f"prior-{i:05d}.png" for i in range(settings.prior_count)]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        images = sample_images(
+            base,
+            [settings.class_prompt] * len(missing),
+            [sample_seed(seed, i, 0, "prior") for i in missing],
+            settings.negative_prompt,
+            settings.steps,
+            settings.guidance_scale,
+            settings.resolution,
+            settings.scheduler,
+        )
+        for i, image in zip(missing, images, strict=True):
+            partial = paths[i].with_suffix(".partial.png")
+            Image.fromarray(image).save(partial)
+            partial.replace(paths[i])
+    return _read_images(paths)
+
+
+def reference_images(
+    identity: int,
+    row: int,
+    embedding: np.ndarray,
+    settings: IDBoothSettings,
+    idiff_model: str,
+    seed: int,
+) -> np.ndarray:
+    """1..N instance images of one identity: the ``row``-th folder of ``references``, or
+    IDiff-Face samples of its embedding."""
+    if settings.references:
+        folders = sorted(p for p in Path(settings.references).iterdir() if p.is_dir())
+        if row >= len(folders):
+            raise ValueError(
+                f"identity {identity} (row {row}) has no folder in {settings.references} "
+                f"({len(folders)} folders)"
+            )
+        paths = sorted(p for p in folders[row].iterdir() if p.suffix.lower() in (".jpg", ".png"))
+        return _read_images(paths[: settings.references_per_identity])
+    from generators.idiff_face.generate import load_pipeline
+    from generators.settings import GenerateSettings
+
+    pipeline, _ = load_pipeline(GenerateSettings(model=idiff_model))
+    count = settings.references_per_identity
+    return pipeline(
+        np.repeat(embedding[None], count, axis=0),
+        [sample_seed(seed, identity, k, "reference") for k in range(count)],
+    )
+
+
+def generate_chunk(
+    identities_path: str | Path,
+    identity_ids: list[int],
+    out_dir: str | Path,
+    part: int,
+    settings,
+    recipe_seed: int,
+    identity_model: torch.nn.Module | None = None,
+    progress: bool = False,
+) -> Path:
+    """ID-Booth images for one chunk; ``settings`` is the recipe's GenerateSettings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from generators.id_booth.lora import WEIGHTS_FILE, drop_lora, load_lora
+    from generators.id_booth.prompts import variation_prompts
+    from generators.id_booth.sample import sample_images
+    from generators.id_booth.train import IDBoothTrainer
+    from generators.idiff_face.generate import chunk_paths
+    from shards.atomic import atomic_open
+    from shards.images import encode_face_jpeg
+    from shards.layout import make_key
+    from shards.tarformat import encode_members
+
+    booth: IDBoothSettings = settings.id_booth
+    out_dir = Path(out_dir)
+    tar_path, parquet_path = chunk_paths(out_dir, part)
+    if parquet_path.is_file():
+        return parquet_path
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = load_base_once(booth.base, device)
+    table = IdentityTable.load(identities_path)
+    position = {int(i): row for row, i in enumerate(table.ids)}
+    priors = prior_class_images(base, booth, out_dir / "prior", recipe_seed)
+    trainer = IDBoothTrainer(base, booth, priors, identity_model)
+    rows, members = [], []
+    for identity in identity_ids:
+        identity = int(identity)
+        name = f"id{identity:07d}"
+        adapter_dir = out_dir / "adapters" / f"{identity:07d}"
+        if not (adapter_dir / WEIGHTS_FILE).is_file():
+            instance = reference_images(
+                identity,
+                position[identity],
+                table.embeddings[position[identity]],
+                booth,
+                settings.model,
+                recipe_seed,
+            )
+            result = trainer.fine_tune(name, instance, adapter_dir, recipe_seed, progress)
+            (adapter_dir / "history.json").write_text(json.dumps(result.history))
+        load_lora(base.unet, name, adapter_dir)
+        count = settings.samples_per_identity
+        prompts = variation_prompts(
+            booth.templates, booth.token, count, sample_seed(recipe_seed, identity, 0, "prompts")
+        )
+        seeds = [sample_seed(recipe_seed, identity, s) for s in range(count)]
+        images = sample_images(
+            base,
+            prompts,
+            seeds,
+            booth.negative_prompt,
+            booth.steps,
+            booth.guidance_scale,
+            booth.resolution,
+            booth.scheduler,
+            settings.batch_size,
+        )
+        drop_lora(base.unet, name)
+        for sample, (prompt, seed, image) in enumerate(zip(prompts, seeds, images, strict=True)):
+            row = {
+                "key": make_key(identity, sample),
+                "identity": identity,
+                "sample": sample,
+                "seed": seed,
+                "generator": "id_booth",
+                "model_checksum": "",
+                "scheduler": booth.scheduler,
+                "steps": booth.steps,
+                "guidance_scale": booth.guidance_scale,
+                "prompt": prompt,
+            }
+            rows.append(row)
+            members.append(
+                (f"{row['key']}.jpg".encode(), encode_face_jpeg(image, settings.jpeg_quality))
+            )
+            members.append(
+                (f"{row['key']}.json".encode(), json.dumps(row, sort_keys=True).encode())
+            )
+    with atomic_open(tar_path) as handle:
+        handle.write(encode_members(members))
+    partial = parquet_path.with_name(parquet_path.name + ".partial")
+    pq.write_table(pa.Table.from_pylist(rows), partial)
+    partial.replace(parquet_path)
+    return parquet_path

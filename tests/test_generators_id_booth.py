@@ -1,0 +1,249 @@
+"""ID-Booth on a tiny randomly initialised SD pipeline (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from evaluation.backbones import get_model
+from generators.id_booth.base import BasePipelineError, check_base_folder, load_base
+from generators.id_booth.identity_loss import (
+    predicted_x0,
+    similarity_matrix,
+    timestep_weights,
+    triplet_loss,
+    warp_to_template,
+)
+from generators.id_booth.lora import load_lora, save_lora, snapshot
+from generators.id_booth.sample import sample_images
+from generators.id_booth.settings import IDBoothSettings
+from generators.id_booth.tiny import make_tiny_sd
+from generators.id_booth.train import IDBoothTrainer
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd"), seed=0, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def real_faces(lfw):
+    """Six real LFW faces aligned to the template (three people, two photos each)."""
+    from faces import align_face, decode_image, get_detector, select_face
+
+    detector = get_detector("yunet")
+    names = [
+        "Abel_Pacheco/Abel_Pacheco_0001.jpg",
+        "Abel_Pacheco/Abel_Pacheco_0002.jpg",
+        "Akhmed_Zakayev/Akhmed_Zakayev_0001.jpg",
+        "Akhmed_Zakayev/Akhmed_Zakayev_0002.jpg",
+        "Amber_Tamblyn/Amber_Tamblyn_0001.jpg",
+        "Amber_Tamblyn/Amber_Tamblyn_0002.jpg",
+    ]
+    faces = []
+    for name in names:
+        image = decode_image(lfw.read(name), name)
+        face = select_face(detector.detect(image), image.shape)
+        faces.append(align_face(image, face.landmarks))
+    return np.stack(faces)
+
+
+def settings(tiny_sd, **overrides) -> IDBoothSettings:
+    values = dict(
+        base=str(tiny_sd),
+        resolution=32,
+        train_steps=3,
+        learning_rate=1e-2,
+        face_crop="aligned",
+        steps=3,
+        prior_count=2,
+    )
+    values.update(overrides)
+    return IDBoothSettings(**values)
+
+
+def identity_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return get_model("mbf_small", num_features=32)
+
+
+def base_weights(unet) -> dict[str, torch.Tensor]:
+    """Base-model parameters under their original names (peft wraps them as base_layer)."""
+    return {k.replace(".base_layer", ""): v for k, v in snapshot(unet).items() if "lora_" not in k}
+
+
+def test_only_lora_parameters_change(tiny_sd, tmp_path):
+    base = load_base(tiny_sd)
+    before = base_weights(base.unet)
+    rng = np.random.default_rng(0)
+    trainer = IDBoothTrainer(
+        base,
+        settings(tiny_sd),
+        rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+        identity_net(),
+    )
+    result = trainer.fine_tune("a", rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), tmp_path)
+    after = base_weights(base.unet)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(result.adapter))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: it trained
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    assert all("triplet" in h for h in result.history)  # aligned crops: never skipped
+
+
+def test_triplet_equals_a_hand_computation():
+    a = torch.tensor([[1.0, 0.0, 0.0]])
+    p = torch.tensor([[0.6, 0.8, 0.0]])
+    n = torch.tensor([[0.0, 0.0, 2.0]])
+    # d(a, p) = 1 - 0.6 = 0.4; d(a, n) = 1 - 0 = 1.0
+    assert triplet_loss(a, p, n, margin=1.0).item() == pytest.approx(0.4 - 1.0 + 1.0)
+    assert triplet_loss(a, p, n, margin=0.5).item() == pytest.approx(0.0)
+    assert triplet_loss(a, n, p, margin=0.2).item() == pytest.approx(1.0 - 0.4 + 0.2)
+
+
+def test_timestep_weights_are_one_minus_t_over_T_squared():
+    t = torch.tensor([0, 250, 500, 1000])
+    assert timestep_weights(t, 1000).tolist() == pytest.approx([1.0, 0.5625, 0.25, 0.0])
+
+
+def test_predicted_x0_inverts_add_noise():
+    from diffusers import DDPMScheduler
+
+    for kind in ("epsilon", "v_prediction"):
+        scheduler = DDPMScheduler(prediction_type=kind)
+        x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+        t = torch.tensor([10, 500, 990])
+        noisy = scheduler.add_noise(x0, noise, t)
+        output = noise if kind == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        recovered = predicted_x0(scheduler.alphas_cumprod, noisy, output, t, kind)
+        assert torch.allclose(recovered, x0, atol=1e-3)
+
+
+def test_differentiable_crop_matches_the_aligner_and_keeps_the_gradient(lfw):
+    from faces import align_face, decode_image, get_detector, select_face
+    from faces.align import ARCFACE_TEMPLATE
+
+    name = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
+    image = decode_image(lfw.read(name), name)
+    face = select_face(get_detector("yunet").detect(image), image.shape)
+    expected = align_face(image, face.landmarks).astype(np.float32)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float().requires_grad_(True)
+    matrix = torch.from_numpy(similarity_matrix(face.landmarks, ARCFACE_TEMPLATE))[None]
+    crop = warp_to_template(tensor, matrix)
+    got = crop[0].permute(1, 2, 0).detach().numpy()
+    assert np.abs(got - expected).mean() < 2.0  # grey levels, bilinear both ways
+    crop.mean().backward()
+    assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+
+
+def test_no_face_skips_the_triplet_term(tiny_sd, tmp_path, real_faces):
+    """Detect mode: the tiny random model draws no face, so every triplet is skipped,
+    while the references (real faces) are found."""
+    base = load_base(tiny_sd)
+    trainer = IDBoothTrainer(
+        base,
+        settings(tiny_sd, face_crop="detect", resolution=112, train_steps=2),
+        real_faces[2:4],
+        identity_net(),
+    )
+    result = trainer.fine_tune("b", real_faces[:1], tmp_path)
+    assert result.skipped_no_face == 2
+    assert all("triplet" not in h for h in result.history)
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+
+
+def test_lora_save_load_round_trip_gives_identical_images(tiny_sd, tmp_path):
+    base = load_base(tiny_sd)
+    rng = np.random.default_rng(1)
+    trainer = IDBoothTrainer(
+        base, settings(tiny_sd), rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    )
+    trainer.fine_tune("c", rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), tmp_path / "c")
+    prompts, seeds = ["photo of sks person"] * 2, [3, 4]
+    plain = sample_images(base, prompts, seeds, steps=3, resolution=32)
+    load_lora(base.unet, "c", tmp_path / "c")
+    first = sample_images(base, prompts, seeds, steps=3, resolution=32)
+    save_lora(
+        base.unet, "c", tmp_path / "c2", json.loads((tmp_path / "c" / "adapter.json").read_text())
+    )
+    base.unet.delete_adapters("c")
+    load_lora(base.unet, "c2", tmp_path / "c2")
+    second = sample_images(base, prompts, seeds, steps=3, resolution=32)
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, plain)  # the adapter does change the images
+    alone = sample_images(base, prompts[1:], seeds[1:], steps=3, resolution=32)
+    assert np.array_equal(alone[0], second[1])  # any image regenerates alone
+
+
+def test_missing_or_malformed_base_pipeline_is_a_clear_error(tiny_sd, tmp_path):
+    with pytest.raises(BasePipelineError, match="does not exist"):
+        check_base_folder(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BasePipelineError, match="model_index.json"):
+        check_base_folder(empty)
+    (empty / "model_index.json").write_text("{not json")
+    with pytest.raises(BasePipelineError, match="not valid JSON"):
+        check_base_folder(empty)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(BasePipelineError, match="vae"):
+        check_base_folder(broken)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_sd, pickled)
+    for weights in (pickled / "unet").glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(BasePipelineError, match="safetensors"):
+        check_base_folder(pickled)
+    assert check_base_folder(tiny_sd) == "sd"
+
+
+def test_generate_chunk_writes_the_stage_contract_and_reuses_adapters(
+    tiny_sd, tmp_path, real_faces
+):
+    from PIL import Image
+
+    from generators.id_booth.generate import generate_chunk
+    from generators.identities import make_identities
+    from generators.settings import GenerateSettings
+
+    references = tmp_path / "refs"
+    for person in range(2):
+        folder = references / f"person{person}"
+        folder.mkdir(parents=True)
+        Image.fromarray(real_faces[2 * person]).save(folder / "a.jpg")
+    table = make_identities(2, 16, seed=0, method="uniform")
+    table_path = table.save(tmp_path / "identities.parquet")
+    gen = GenerateSettings(
+        family="id_booth",
+        samples_per_identity=2,
+        batch_size=4,
+        device="cpu",
+        id_booth=settings(tiny_sd, references=str(references), train_steps=2),
+    )
+    out = tmp_path / "generate"
+    ids = [int(i) for i in table.ids]
+    parquet = generate_chunk(table_path, ids, out, 0, gen, 7, identity_net())
+    rows = pq.read_table(parquet).to_pylist()
+    assert [(r["identity"], r["sample"]) for r in rows] == [(i, s) for i in ids for s in range(2)]
+    assert all(r["generator"] == "id_booth" and "sks" in r["prompt"] for r in rows)
+    assert (out / "part-00000.tar").stat().st_size > 0
+    adapters = sorted((out / "adapters").glob("*/adapter.safetensors"))
+    assert len(adapters) == 2
+    stamps = [a.stat().st_mtime_ns for a in adapters]
+    parquet.unlink()  # redo the chunk: adapters are reused, images identical
+    first_tar = (out / "part-00000.tar").read_bytes()
+    generate_chunk(table_path, ids, out, 0, gen, 7, identity_net())
+    assert [a.stat().st_mtime_ns for a in adapters] == stamps
+    assert (out / "part-00000.tar").read_bytes() == first_tar
