@@ -153,7 +153,7 @@ def run_stage(run: Run, stage: str, body: Callable[[Path, Recipe], dict | None])
 
 # --- identities -----------------------------------------------------------------------------
 def identities_body(stage_dir: Path, recipe: Recipe) -> dict:
-    from generators.identities import make_identities
+    from generators.identities import PRIOR_FILE, make_identities
     from generators.idiff_face.model import IDiffFaceModel  # noqa: F401 - clear error early
 
     config = model_config(recipe)
@@ -165,6 +165,7 @@ def identities_body(stage_dir: Path, recipe: Recipe) -> dict:
         settings.method,
         settings.tau,
         embedder=config.conditioning_embedder,
+        prior=Path(recipe.generate.model) / PRIOR_FILE,
     )
     table.save(stage_dir / "identities.parquet")
     return {"identities": len(table)}
@@ -193,13 +194,54 @@ def plan_generate(run: Run) -> list[list[int]]:
         int(i) for i in IdentityTable.load(run.stage_dir("identities") / "identities.parquet").ids
     ]
     size = recipe.generate.chunk_identities
+    if recipe.generate.family == "multi_id":
+        size = recipe.generate.multi_id.chunk_identities
     return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def identity_network(settings):
+    """The recognizer behind ID-Booth's triplet loss (None: the term is off)."""
+    if not settings.identity_model:
+        logger.warning("id_booth.identity_model is empty: fine-tuning without the triplet loss")
+        return None
+    from evaluation.export import load_backbone
+
+    return load_backbone(
+        settings.identity_model, settings.identity_backbone, settings.identity_features
+    )
 
 
 def generate_unit(run: Run, part: int, identity_ids: list[int]) -> str:
     from generators.idiff_face.generate import generate_chunk
 
     recipe = run.recipe
+    if recipe.generate.family == "id_booth":
+        from generators.id_booth.generate import generate_chunk as booth_chunk
+
+        return str(
+            booth_chunk(
+                run.stage_dir("identities") / "identities.parquet",
+                identity_ids,
+                run.stage_dir("generate"),
+                part,
+                recipe.generate,
+                recipe.seed,
+                identity_network(recipe.generate.id_booth),
+            )
+        )
+    if recipe.generate.family == "multi_id":
+        from generators.with_anyone.generate import generate_chunk as multi_chunk
+
+        return str(
+            multi_chunk(
+                run.stage_dir("identities") / "identities.parquet",
+                identity_ids,
+                run.stage_dir("generate"),
+                part,
+                recipe.generate.multi_id,
+                recipe.seed,
+            )
+        )
     return str(
         generate_chunk(
             run.stage_dir("identities") / "identities.parquet",

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from generators.id_booth.settings import IDBoothSettings
+from generators.with_anyone.settings import MultiIdSettings
+
 
 class IdentitySettings(BaseModel):
     """How many synthetic identities, and how they are drawn."""
@@ -13,7 +16,7 @@ class IdentitySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(100, ge=1)
-    method: Literal["uniform", "separated", "two_stage"] = "separated"
+    method: Literal["uniform", "separated", "two_stage", "fitted"] = "separated"
     tau: float = Field(0.3, gt=-1.0, le=1.0, description="max cosine between identities")
 
 
@@ -22,8 +25,11 @@ class GenerateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    family: Literal["idiff_face"] = "idiff_face"
-    model: str = Field("models/idiff-face-lfw", description="model folder (diffusers layout)")
+    family: Literal["idiff_face", "id_booth", "multi_id"] = "idiff_face"
+    model: str = Field(
+        "models/idiff-face-lfw",
+        description="IDiff-Face model folder (id_booth: draws the reference images)",
+    )
     samples_per_identity: int = Field(8, ge=1)
     scheduler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
     steps: int = Field(25, ge=1)
@@ -34,3 +40,8 @@ class GenerateSettings(BaseModel):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     jpeg_quality: int = Field(95, ge=50, le=100)
+    id_booth: IDBoothSettings = Field(default_factory=IDBoothSettings)
+    multi_id: MultiIdSettings = Field(
+        default_factory=MultiIdSettings,
+        description="family multi_id: its own model, layout and sampling settings",
+    )
