@@ -54,6 +54,10 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
     parser.add_argument("--judge", default="dlib")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--method", default="fitted", choices=["separated", "fitted"], help="identity sampling"
+    )
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,7 +68,18 @@ def main() -> None:
     n_ids, per_id, n_ddpm = (20, 4, 8) if args.quick else (100, 8, 16)
     fast = IDiffFacePipeline.from_pretrained(args.model, "dpmsolver++", device="cpu")
     config = fast.model.config
-    table = make_identities(n_ids, config.id_dim, seed=1, method="separated", tau=0.3)
+    from pathlib import Path
+
+    from generators.identities import PRIOR_FILE
+
+    table = make_identities(
+        n_ids,
+        config.id_dim,
+        seed=1,
+        method=args.method,
+        tau=0.3,
+        prior=Path(args.model) / PRIOR_FILE,
+    )
     identity_of = np.repeat(table.ids, per_id)
     seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
     vectors = table.embeddings[identity_of]
@@ -77,18 +92,24 @@ def main() -> None:
         "identities": n_ids,
         "per_identity": per_id,
         "torch_threads": args.threads,
+        "identity_method": args.method,
+        "guidance_scale": args.guidance,
     }
 
     fast(vectors[:2], seeds[:2], steps=25)  # warm-up
     started = time.perf_counter()
-    images = fast(vectors, seeds, steps=25, batch_size=80)
+    images = fast(vectors, seeds, steps=25, batch_size=80, guidance_scale=args.guidance)
     fast_rate = len(images) / (time.perf_counter() - started)
     reference = IDiffFacePipeline(fast.model, "ddpm", device="cpu")
     # the reference sampler on 2 samples of each of n_ddpm / 2 identities (same seeds)
     subset = np.concatenate([np.arange(2) + per_id * i for i in range(n_ddpm // 2)])
     started = time.perf_counter()
     ddpm_images = reference(
-        vectors[subset], [seeds[i] for i in subset], steps=1000, batch_size=n_ddpm
+        vectors[subset],
+        [seeds[i] for i in subset],
+        steps=1000,
+        batch_size=n_ddpm,
+        guidance_scale=args.guidance,
     )
     ddpm_rate = n_ddpm / (time.perf_counter() - started)
     figures.update(

@@ -51,3 +51,25 @@ def test_sample_seeds_depend_only_on_recipe_identity_and_index():
     assert sample_seed(0, 5, 2) == sample_seed(0, 5, 2)
     assert len({sample_seed(0, i, j) for i in range(50) for j in range(20)}) == 1000
     assert sample_seed(0, 5, 2, "context") != sample_seed(0, 5, 2)
+
+
+def test_fitted_identities_follow_the_prior_and_the_separation_bound(tmp_path):
+    from generators.identities import PRIOR_FILE, make_identities, save_identity_prior
+
+    rng = np.random.default_rng(0)
+    direction = np.zeros(16, np.float32)
+    direction[0] = 1.0
+    # "real" embeddings crowd around one direction, as a recognizer's embeddings do
+    real = direction + 0.3 * rng.standard_normal((500, 16)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    prior = save_identity_prior(real, tmp_path / PRIOR_FILE)
+    fitted = make_identities(40, 16, seed=3, method="fitted", tau=0.9, prior=prior)
+    uniform = make_identities(40, 16, seed=3, method="uniform")
+    assert np.allclose(np.linalg.norm(fitted.embeddings, axis=1), 1.0, atol=1e-5)
+    assert fitted.embeddings[:, 0].mean() > 0.5 > abs(uniform.embeddings[:, 0].mean())
+    sims = fitted.embeddings @ fitted.embeddings.T
+    assert sims[~np.eye(40, dtype=bool)].max() <= 0.9 + 1e-6
+    again = make_identities(40, 16, seed=3, method="fitted", tau=0.9, prior=prior)
+    assert np.array_equal(again.embeddings, fitted.embeddings)
+    with pytest.raises(FileNotFoundError, match="identity prior"):
+        make_identities(4, 16, seed=0, method="fitted", prior=tmp_path / "missing.safetensors")

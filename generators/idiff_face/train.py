@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
+from generators.identities import PRIOR_FILE, save_identity_prior
 from generators.idiff_face.config import IDiffFaceConfig
 from generators.idiff_face.model import IDiffFaceModel
 from generators.idiff_face.schedule import min_snr_weights, training_scheduler
@@ -352,4 +353,6 @@ def train_idiff_face(
         trainer.load_checkpoint()
     trainer.fit(progress=progress, max_seconds=max_seconds)
     (out_dir / "loss_history.json").write_text(json.dumps(trainer.history))
+    # the 'fitted' identity method draws from a Gaussian fit to the training embeddings
+    save_identity_prior(data.embeddings, out_dir / "model" / PRIOR_FILE)
     return out_dir / "model"
