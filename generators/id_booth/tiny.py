@@ -88,6 +88,7 @@ def make_tiny_sd(
         beta_start=0.00085,
         beta_end=0.012,
         clip_sample=False,
+        steps_offset=1,
     )
     pipeline = StableDiffusionPipeline(
         vae=vae,
