@@ -1,10 +1,14 @@
-"""CLI commands for identities, the IDiff-Face generator and recognizer training."""
+"""CLI commands for identities, the IDiff-Face and multi-identity generators and recognizer
+training."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def cmd_identities(args: argparse.Namespace) -> int:
@@ -97,6 +101,71 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generator_init_multi_id(args: argparse.Namespace) -> int:
+    from generators.with_anyone.fit import init_model_folder
+
+    out = init_model_folder(
+        args.out,
+        args.unet,
+        id_dim=args.id_dim,
+        tokens=args.tokens,
+        vae=args.vae,
+        prediction_type=args.prediction,
+        tiny_size=args.size,
+        seed=args.seed,
+    )
+    print(json.dumps({"model": str(out)}))
+    return 0
+
+
+def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
+    import torch
+
+    from generators.with_anyone.fit import fit_adapter
+    from generators.with_anyone.settings import MultiIdSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = {
+        "faces_per_image": args.faces_per_image,
+        "learning_rate": args.lr,
+        "device": args.device,
+    }
+    if args.identity_model:
+        from evaluation.export import load_backbone
+
+        network = load_backbone(args.identity_model, args.identity_backbone, args.identity_features)
+    else:
+        logger.warning(
+            "no --identity-model: identity and InfoNCE losses are off (diffusion loss only)"
+        )
+        network = torch.nn.Identity()
+        fields.update(id_loss_weight=0.0, infonce_weight=0.0)
+    settings = MultiIdSettings(**fields)
+    model = fit_adapter(
+        args.model,
+        args.data,
+        args.out,
+        network,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        settings=settings,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        background=args.background,
+    )
+    print(json.dumps({"model": str(model), "history": str(Path(args.out) / "history.json")}))
+    return 0
+
+
+def cmd_generator_tiny_sd(args: argparse.Namespace) -> int:
+    from generators.id_booth.tiny import make_tiny_sd
+
+    folder = make_tiny_sd(args.out, seed=args.seed, image_size=args.size)
+    print(f"tiny random SD pipeline: {folder} (set generate.id_booth.base to it)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from evaluation.fr_train import train_recognizer
     from flows.config import load_recipe
@@ -131,7 +200,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     identities.add_argument("--out", required=True)
     identities.set_defaults(func=cmd_identities)
 
-    generator = commands.add_parser("generator", help="IDiff-Face: prepare data, train, sample")
+    generator = commands.add_parser(
+        "generator", help="IDiff-Face and multi-identity generators: prepare data, train, sample"
+    )
     gen_sub = generator.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = gen_sub.add_parser(
         "prepare-lfw", help="align + embed LFW people into a generator training set (.npz)"
@@ -186,6 +257,86 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--chunk", type=int, default=50, help="identities per chunk")
     sample.add_argument("--seed", type=int, default=0, help="recipe seed")
     sample.set_defaults(func=cmd_generator_sample)
+
+    init_multi = gen_sub.add_parser(
+        "init-multi-id",
+        help="start a multi-identity (WithAnyone-style) model folder with a fresh adapter",
+        description="Write OUT as a multi-identity model folder: the base UNet, a new identity "
+        "adapter whose output is zero (so it starts as the unchanged base model), a DDPM "
+        "training schedule and, for latent UNets, the VAE. Train it with train-multi-id.",
+    )
+    init_multi.add_argument(
+        "--unet",
+        required=True,
+        metavar="UNET_FOLDER|tiny",
+        help="a diffusers UNet folder, a pipeline folder holding unet/ (its vae/ and "
+        "scheduler/ are used too), or 'tiny': a small pixel-space UNet for CPU trials",
+    )
+    init_multi.add_argument("--out", required=True, help="model folder to write")
+    init_multi.add_argument("--vae", default=None, help="diffusers VAE folder (latent UNets)")
+    init_multi.add_argument(
+        "--id-dim", type=int, default=128, help="identity embedding size of the training set"
+    )
+    init_multi.add_argument("--tokens", type=int, default=8, help="tokens per identity")
+    init_multi.add_argument(
+        "--prediction",
+        default=None,
+        choices=["epsilon", "v_prediction"],
+        help="training target (default: the pipeline's schedule, else epsilon)",
+    )
+    init_multi.add_argument(
+        "--size", type=int, default=32, choices=[32, 64], help="image size of --unet tiny"
+    )
+    init_multi.add_argument("--seed", type=int, default=0)
+    init_multi.set_defaults(func=cmd_generator_init_multi_id)
+
+    train_multi = gen_sub.add_parser(
+        "train-multi-id",
+        help="train or resume a multi-identity adapter on group canvases of a training set",
+        description="Trains only the identity adapter of MODEL_DIR on group images pasted "
+        "from DATA's aligned faces (K different people per image, known boxes). Resumes "
+        "from OUT when it holds a checkpoint; writes OUT/model (a model folder for "
+        "generation), OUT/history.json, OUT/state.json and OUT/optimizer.safetensors. "
+        "Without --identity-model only the diffusion loss trains.",
+    )
+    train_multi.add_argument("data", metavar="DATA.npz", help="training set from prepare-lfw")
+    train_multi.add_argument("--model", required=True, help="model folder from init-multi-id")
+    train_multi.add_argument("--out", required=True)
+    train_multi.add_argument("--steps", type=int, default=2000, help="total steps")
+    train_multi.add_argument("--batch-size", type=int, default=8)
+    train_multi.add_argument("--lr", type=float, default=1e-4)
+    train_multi.add_argument("--faces-per-image", type=int, default=2)
+    train_multi.add_argument(
+        "--background", default="noise", choices=["noise", "grey"], help="canvas background"
+    )
+    train_multi.add_argument(
+        "--identity-model",
+        default=None,
+        metavar="PATH",
+        help="recognizer weights (backbone.safetensors or arcface_torch .pth) for the "
+        "identity and InfoNCE losses",
+    )
+    train_multi.add_argument("--identity-backbone", default="r50", help="e.g. r18, r50, r100")
+    train_multi.add_argument("--identity-features", type=int, default=512)
+    train_multi.add_argument("--checkpoint-every", type=int, default=100)
+    train_multi.add_argument("--seed", type=int, default=0)
+    train_multi.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    train_multi.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train_multi.set_defaults(func=cmd_generator_train_multi_id)
+
+    tiny_sd = gen_sub.add_parser(
+        "tiny-sd",
+        help="write a tiny random Stable Diffusion pipeline (try ID-Booth on a CPU)",
+        description="Writes a randomly initialised SD-style pipeline (UNet, AutoencoderKL, "
+        "CLIP text model + byte-level tokenizer, DDPM scheduler; a few MB) in the diffusers "
+        "layout that ID-Booth expects, so recipes/id-booth.yaml can be tried end to end on a "
+        "CPU with --set generate.id_booth.base=OUT. Its images are noise: real work needs "
+        "a real SD 1.5 / 2.1 / SDXL folder.",
+    )
+    tiny_sd.add_argument("out", help="folder to write")
+    tiny_sd.add_argument("--size", type=int, default=32, help="image size in pixels")
+    tiny_sd.add_argument("--seed", type=int, default=0)
+    tiny_sd.set_defaults(func=cmd_generator_tiny_sd)
 
     fr = commands.add_parser(
         "train",

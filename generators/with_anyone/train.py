@@ -118,10 +118,10 @@ def training_step(
     loss.backward()
     optimizer.step()
     return {
-        "loss": float(loss),
-        "diffusion": float(diffusion),
-        "identity": float(id_term),
-        "infonce": float(nce_term),
+        "loss": loss.item(),
+        "diffusion": diffusion.item(),
+        "identity": id_term.item(),
+        "infonce": nce_term.item(),
         "low_noise_images": len(low),
     }
 
