@@ -12,10 +12,18 @@ logger = logging.getLogger(__name__)
 
 
 def cmd_identities(args: argparse.Namespace) -> int:
-    from generators.identities import make_identities
+    from pathlib import Path
+
+    from generators.identities import PRIOR_FILE, make_identities
 
     table = make_identities(
-        args.count, args.dim, args.seed, args.method, args.tau, embedder=args.embedder
+        args.count,
+        args.dim,
+        args.seed,
+        args.method,
+        args.tau,
+        embedder=args.embedder,
+        prior=Path(args.model) / PRIOR_FILE,
     )
     path = table.save(args.out)
     print(json.dumps({"identities": len(table), "method": table.method, "out": str(path)}))
@@ -188,12 +196,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     identities = commands.add_parser(
         "identities",
         help="sample synthetic identities into identities.parquet",
-        description="Draw identity vectors: uniform on the sphere, or 'separated' (no two "
-        "closer than cosine --tau). Saved as a parquet table (identity, method, seed, embedding).",
+        description="Draw identity vectors: uniform on the sphere, 'separated' (no two "
+        "closer than cosine --tau), or 'fitted' (a Gaussian fitted to the --model generator's "
+        "training embeddings, separated by --tau: what the small default model follows best). "
+        "Saved as a parquet table (identity, method, seed, embedding).",
     )
     identities.add_argument("--count", type=int, required=True)
     identities.add_argument("--dim", type=int, default=128, help="128 for sface, 512 ArcFace")
-    identities.add_argument("--method", default="separated", choices=["uniform", "separated"])
+    identities.add_argument(
+        "--method", default="separated", choices=["uniform", "separated", "fitted"]
+    )
+    identities.add_argument(
+        "--model",
+        default="models/idiff-face-lfw",
+        help="generator folder holding identity_prior.safetensors (method fitted)",
+    )
     identities.add_argument("--tau", type=float, default=0.3)
     identities.add_argument("--seed", type=int, default=0)
     identities.add_argument("--embedder", default="sface", help="space the vectors live in")
