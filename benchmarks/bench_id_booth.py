@@ -41,10 +41,10 @@ def aligned_faces() -> np.ndarray:
 def distance_to_positive(trainer, adapter_dir: Path, name: str, instance: np.ndarray) -> float:
     """Mean 1 - cos between the instance photo and the faces decoded from the UNet's
     predicted x0 at fixed timesteps and noise (the same probe for every run)."""
+    from generators.denoise import predicted_x0
     from generators.id_booth.identity_loss import (
         aligned_matrix,
         embed_crops,
-        predicted_x0,
         warp_to_template,
     )
     from generators.id_booth.lora import drop_lora, load_lora

@@ -212,46 +212,23 @@ def identity_network(settings):
 
 
 def generate_unit(run: Run, part: int, identity_ids: list[int]) -> str:
-    from generators.idiff_face.generate import generate_chunk
-
+    """One chunk of the recipe's generator family (the same stage contract for all)."""
     recipe = run.recipe
-    if recipe.generate.family == "id_booth":
-        from generators.id_booth.generate import generate_chunk as booth_chunk
+    family = recipe.generate.family
+    if family == "id_booth":
+        from generators.id_booth.generate import generate_chunk
 
-        return str(
-            booth_chunk(
-                run.stage_dir("identities") / "identities.parquet",
-                identity_ids,
-                run.stage_dir("generate"),
-                part,
-                recipe.generate,
-                recipe.seed,
-                identity_network(recipe.generate.id_booth),
-            )
-        )
-    if recipe.generate.family == "multi_id":
-        from generators.with_anyone.generate import generate_chunk as multi_chunk
+        extra = (recipe.generate, recipe.seed, identity_network(recipe.generate.id_booth))
+    elif family == "multi_id":
+        from generators.with_anyone.generate import generate_chunk
 
-        return str(
-            multi_chunk(
-                run.stage_dir("identities") / "identities.parquet",
-                identity_ids,
-                run.stage_dir("generate"),
-                part,
-                recipe.generate.multi_id,
-                recipe.seed,
-            )
-        )
-    return str(
-        generate_chunk(
-            run.stage_dir("identities") / "identities.parquet",
-            identity_ids,
-            run.stage_dir("generate"),
-            part,
-            recipe.generate,
-            recipe.seed,
-        )
-    )
+        extra = (recipe.generate.multi_id, recipe.seed)
+    else:
+        from generators.idiff_face.generate import generate_chunk
+
+        extra = (recipe.generate, recipe.seed)
+    identities = run.stage_dir("identities") / "identities.parquet"
+    return str(generate_chunk(identities, identity_ids, run.stage_dir("generate"), part, *extra))
 
 
 # --- embed (chunked) ----------------------------------------------------------------------

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from evaluation.backbones import get_model
+from generators.denoise import predicted_x0
 from generators.id_booth.base import BasePipelineError, check_base_folder, load_base
 from generators.id_booth.identity_loss import (
-    predicted_x0,
     similarity_matrix,
     timestep_weights,
     triplet_loss,

@@ -120,18 +120,13 @@ def generate_chunk(
     progress: bool = False,
 ) -> Path:
     """ID-Booth images for one chunk; ``settings`` is the recipe's GenerateSettings."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    from generators.chunks import write_chunk
     from generators.id_booth.lora import WEIGHTS_FILE, drop_lora, load_lora
     from generators.id_booth.prompts import variation_prompts
     from generators.id_booth.sample import sample_images
     from generators.id_booth.train import IDBoothTrainer
     from generators.idiff_face.generate import chunk_paths
-    from shards.atomic import atomic_open
-    from shards.images import encode_face_jpeg
     from shards.layout import make_key
-    from shards.tarformat import encode_members
 
     booth: IDBoothSettings = settings.id_booth
     out_dir = Path(out_dir)
@@ -146,7 +141,7 @@ def generate_chunk(
     position = {int(i): row for row, i in enumerate(table.ids)}
     priors = prior_class_images(base, booth, out_dir / "prior", recipe_seed)
     trainer = IDBoothTrainer(base, booth, priors, identity_model)
-    rows, members = [], []
+    rows, outputs = [], []
     for identity in identity_ids:
         identity = int(identity)
         name = f"id{identity:07d}"
@@ -194,15 +189,6 @@ def generate_chunk(
                 "prompt": prompt,
             }
             rows.append(row)
-            members.append(
-                (f"{row['key']}.jpg".encode(), encode_face_jpeg(image, settings.jpeg_quality))
-            )
-            members.append(
-                (f"{row['key']}.json".encode(), json.dumps(row, sort_keys=True).encode())
-            )
-    with atomic_open(tar_path) as handle:
-        handle.write(encode_members(members))
-    partial = parquet_path.with_name(parquet_path.name + ".partial")
-    pq.write_table(pa.Table.from_pylist(rows), partial)
-    partial.replace(parquet_path)
+            outputs.append(image)
+    write_chunk(tar_path, parquet_path, rows, outputs, settings.jpeg_quality)
     return parquet_path

@@ -21,25 +21,6 @@ from faces.align import ARCFACE_TEMPLATE
 ALIGNED = 112
 
 
-def predicted_x0(
-    alphas_cumprod: torch.Tensor,
-    noisy: torch.Tensor,
-    model_output: torch.Tensor,
-    timesteps: torch.Tensor,
-    prediction_type: str,
-) -> torch.Tensor:
-    """x0 implied by the UNet's output at ``timesteps`` (differentiable)."""
-    alpha = alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, 1, 1, 1)
-    sqrt_a, sqrt_1ma = alpha.sqrt(), (1 - alpha).sqrt()
-    if prediction_type == "epsilon":
-        return (noisy - sqrt_1ma * model_output) / sqrt_a
-    if prediction_type == "v_prediction":
-        return sqrt_a * noisy - sqrt_1ma * model_output
-    if prediction_type == "sample":
-        return model_output
-    raise ValueError(f"unknown prediction_type {prediction_type!r}")
-
-
 def timestep_weights(timesteps: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
     """(1 - t/T)^2: 1 for clean images, ~0 for pure noise."""
     return (1.0 - timesteps.float() / num_train_timesteps) ** 2

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from generators.denoise import predicted_x0
 from generators.id_booth.identity_loss import (
     embed_crops,
     locate_faces,
-    predicted_x0,
     timestep_weights,
     triplet_loss,
     warp_to_template,

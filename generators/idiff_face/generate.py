@@ -1,17 +1,14 @@
 """The generation stage for IDiff-Face: one chunk of identities -> candidate images on disk.
 
-Output per chunk (the contract the embed/filter stages read):
+Output per chunk (the contract the embed/filter stages read, ``generators/chunks.py``):
 ``part-NNNNN.tar`` with ``{key}.jpg`` (aligned 112 x 112 face) and ``{key}.json`` per
 sample, and ``part-NNNNN.parquet`` with one row per sample (key, identity, sample,
-seed, generator, model checksum, scheduler, steps, guidance). The parquet is written
-last, so a chunk is complete exactly when its parquet exists; a killed chunk is
-simply redone.
+seed, generator, model checksum, scheduler, steps, guidance), written last.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from pathlib import Path
@@ -118,13 +115,8 @@ def generate_chunk(
     progress: bool = False,
 ) -> Path:
     """Generate ``samples_per_identity`` images for each identity of one chunk."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from shards.atomic import atomic_open
-    from shards.images import encode_face_jpeg
+    from generators.chunks import write_chunk
     from shards.layout import make_key
-    from shards.tarformat import encode_members
 
     tar_path, parquet_path = chunk_paths(out_dir, part)
     if parquet_path.is_file():
@@ -170,15 +162,5 @@ def generate_chunk(
                 }
             )
     images = sample_with_backoff(pipeline, np.stack(vectors), seeds, settings, progress)
-    members = []
-    for row, image in zip(rows, images, strict=True):
-        members.append(
-            (f"{row['key']}.jpg".encode(), encode_face_jpeg(image, settings.jpeg_quality))
-        )
-        members.append((f"{row['key']}.json".encode(), json.dumps(row, sort_keys=True).encode()))
-    with atomic_open(tar_path) as handle:
-        handle.write(encode_members(members))
-    partial = parquet_path.with_name(parquet_path.name + ".partial")
-    pq.write_table(pa.Table.from_pylist(rows), partial)
-    partial.replace(parquet_path)
+    write_chunk(tar_path, parquet_path, rows, images, settings.jpeg_quality)
     return parquet_path

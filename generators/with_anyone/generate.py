@@ -316,15 +316,12 @@ def generate_chunk(
     sample)``; the group image's noise seed is ``sample_seed(recipe_seed, lead, sample)``
     of its first (lead) identity, its layout seed ``layout_seed(recipe_seed, lead, sample)``.
     """
-    import pyarrow.parquet as pq
 
     from faces import get_detector, get_embedder
+    from generators.chunks import write_chunk
     from generators.identities import IdentityTable
     from generators.with_anyone.model import make_sampler
-    from shards.atomic import atomic_open
-    from shards.images import encode_face_jpeg
     from shards.layout import make_key
-    from shards.tarformat import encode_members
 
     tar_path, parquet_path, rejects_path = chunk_paths(out_dir, part)
     if parquet_path.is_file():
@@ -415,18 +412,14 @@ def generate_chunk(
                 )
     members.sort(key=lambda m: m[0])
     rows.sort(key=lambda r: r["key"])
-    encoded = []
-    for key, face, row in members:
-        encoded.append((f"{key}.jpg".encode(), encode_face_jpeg(face, settings.jpeg_quality)))
-        encoded.append((f"{key}.json".encode(), json.dumps(row, sort_keys=True).encode()))
-    with atomic_open(tar_path) as handle:
-        handle.write(encode_members(encoded))
-    for path, table_rows, columns in (
-        (rejects_path, rejects, REJECT_COLUMNS),
-        (parquet_path, rows, SAMPLE_COLUMNS),
-    ):
-        partial = path.with_name(path.name + ".partial")
-        pq.write_table(_table(table_rows, columns), partial)
-        partial.replace(path)
+    write_chunk(
+        tar_path,
+        parquet_path,
+        [row for _, _, row in members],
+        [face for _, face, _ in members],
+        settings.jpeg_quality,
+        table=_table(rows, SAMPLE_COLUMNS),
+        side_tables=((_table(rejects, REJECT_COLUMNS), rejects_path),),
+    )
     logger.info("chunk %d: %d samples, %d rejects", part, len(rows), len(rejects))
     return parquet_path

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from generators import denoise
+
 
 def crop_faces(images: torch.Tensor, boxes: torch.Tensor, size: int = 112) -> torch.Tensor:
     """(B, C, H, W) images, (B, K, 4) normalised boxes -> (B*K, C, size, size) crops.
@@ -99,16 +101,7 @@ def info_nce(
 
 
 def predicted_x0(scheduler, noisy: torch.Tensor, output: torch.Tensor, timesteps: torch.Tensor):
-    """The clean sample implied by the model output (epsilon, v_prediction or sample)."""
-    alphas = scheduler.alphas_cumprod.to(noisy.device)[timesteps].float()
-    alpha = alphas.sqrt().view(-1, 1, 1, 1)
-    sigma = (1.0 - alphas).sqrt().view(-1, 1, 1, 1)
-    kind = scheduler.config.prediction_type
-    noisy, output = noisy.float(), output.float()
-    if kind == "epsilon":
-        return (noisy - sigma * output) / alpha
-    if kind == "v_prediction":
-        return alpha * noisy - sigma * output
-    if kind == "sample":
-        return output
-    raise ValueError(f"unsupported prediction_type {kind!r}")
+    """The clean sample implied by the model output, for ``scheduler``'s prediction type."""
+    return denoise.predicted_x0(
+        scheduler.alphas_cumprod, noisy, output, timesteps, scheduler.config.prediction_type
+    )
