@@ -136,3 +136,20 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_images(tiny_model_dir):
         vectors, seeds, steps=3, batch_size=1
     )
     assert np.abs(images.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_model_checksum_ignores_training_logs_but_not_weights(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from generators.idiff_face.generate import model_checksum
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "idiff-face-lfw", model)
+    before = model_checksum(model)
+    (model / "loss_history.json").write_text("[]")
+    (model / "samples.png").write_bytes(b"changed")
+    assert model_checksum(model) == before
+    weights = model / "id_conditioner.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert model_checksum(model) != before

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from generators.identities import IdentityTable
+from generators.idiff_face.model import CONFIG_NAME
 from generators.seeds import sample_seed
 from generators.settings import GenerateSettings
 
@@ -28,10 +29,13 @@ def chunk_paths(out_dir: str | Path, part: int) -> tuple[Path, Path]:
 
 
 def model_checksum(folder: str | Path) -> str:
-    """SHA-256 over the model folder's weight and config files (sorted by name)."""
+    """SHA-256 over the model's weights and configs (sorted by path): what decides the
+    images. Logs and pictures in the folder (loss_history.json, *.png) do not count."""
+    folder = Path(folder)
     digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file() and path.suffix in (".safetensors", ".json"):
+    for path in sorted(folder.rglob("*")):
+        relevant = path.suffix == ".safetensors" or path.name in ("config.json", CONFIG_NAME)
+        if path.is_file() and relevant:
             digest.update(path.relative_to(folder).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
