@@ -3,7 +3,7 @@ and per image, and whether the triplet term pulls the generated face's embedding
 towards the instance photo (a fixed toy identity: one real LFW face, two others as
 prior-class images), measured side by side with the same run without the term.
 
-Usage: python benchmarks/bench_id_booth.py [--steps 80] [--resolution 32]
+Usage: python benchmarks/bench_id_booth.py [--steps 300] [--resolution 32] [--triplet-weight 100]
 Writes benchmarks/results/id_booth_triplet.png; last line: one JSON object.
 """
 
@@ -73,7 +73,7 @@ def distance_to_positive(trainer, adapter_dir: Path, name: str, instance: np.nda
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-3)
