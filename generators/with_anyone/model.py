@@ -85,7 +85,10 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype = tor
 
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{folder} is not a multi-id model folder (no {CONFIG_NAME})")
+        raise FileNotFoundError(
+            f"{folder} is not a multi-id model folder (no {CONFIG_NAME}); make one with "
+            "`facefoundry generator init-multi-id` and train it with `train-multi-id`"
+        )
     config = json.loads((folder / CONFIG_NAME).read_text())["tokenizer"]
     unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device, dtype).eval()
     tokenizer = IdentityTokenizer(
