@@ -13,6 +13,26 @@ from pathlib import Path
 import numpy as np
 
 
+def chunk_identities(
+    identities_path: str | Path, identity_ids: list[int], id_dim: int | None = None
+):
+    """The identity table and each id's row, checked: every id present and, when
+    ``id_dim`` is given, embeddings of the size the generator expects."""
+    from generators.identities import IdentityTable
+
+    table = IdentityTable.load(identities_path)
+    position = {int(i): row for row, i in enumerate(table.ids)}
+    missing = [i for i in identity_ids if int(i) not in position]
+    if missing:
+        raise KeyError(f"identities {missing[:5]} are not in {identities_path}")
+    if id_dim is not None and table.embeddings.shape[1] != id_dim:
+        raise ValueError(
+            f"{identities_path} holds {table.embeddings.shape[1]}-d identities but the "
+            f"generator expects {id_dim}-d"
+        )
+    return table, position
+
+
 def write_parquet_atomically(table, path: Path) -> None:
     import pyarrow.parquet as pq
 

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from generators.id_booth.settings import IDBoothSettings
-from generators.identities import IdentityTable
 from generators.seeds import sample_seed
 
 logger = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ def generate_chunk(
     progress: bool = False,
 ) -> Path:
     """ID-Booth images for one chunk; ``settings`` is the recipe's GenerateSettings."""
-    from generators.chunks import write_chunk
+    from generators.chunks import chunk_identities, write_chunk
     from generators.id_booth.lora import WEIGHTS_FILE, drop_lora, load_lora
     from generators.id_booth.prompts import variation_prompts
     from generators.id_booth.sample import sample_images
@@ -137,8 +136,7 @@ def generate_chunk(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_base_once(booth.base, device)
-    table = IdentityTable.load(identities_path)
-    position = {int(i): row for row, i in enumerate(table.ids)}
+    table, position = chunk_identities(identities_path, identity_ids)
     priors = prior_class_images(base, booth, out_dir / "prior", recipe_seed)
     trainer = IDBoothTrainer(base, booth, priors, identity_model)
     rows, outputs = [], []

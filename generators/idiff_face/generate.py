@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from generators.identities import IdentityTable
 from generators.idiff_face.model import CONFIG_NAME
 from generators.seeds import sample_seed
 from generators.settings import GenerateSettings
@@ -119,7 +118,7 @@ def generate_chunk(
     progress: bool = False,
 ) -> Path:
     """Generate ``samples_per_identity`` images for each identity of one chunk."""
-    from generators.chunks import write_chunk
+    from generators.chunks import chunk_identities, write_chunk
     from shards.layout import make_key
 
     tar_path, parquet_path = chunk_paths(out_dir, part)
@@ -127,17 +126,8 @@ def generate_chunk(
         logger.info("chunk %d already complete, skipping", part)
         return parquet_path
     tar_path.parent.mkdir(parents=True, exist_ok=True)
-    table = IdentityTable.load(identities_path)
-    position = {int(i): row for row, i in enumerate(table.ids)}
-    missing = [i for i in identity_ids if int(i) not in position]
-    if missing:
-        raise KeyError(f"identities {missing[:5]} are not in {identities_path}")
     pipeline, checksum = load_pipeline(settings)
-    if table.embeddings.shape[1] != pipeline.model.config.id_dim:
-        raise ValueError(
-            f"{identities_path} holds {table.embeddings.shape[1]}-d identities but the model "
-            f"{settings.model} expects {pipeline.model.config.id_dim}-d"
-        )
+    table, position = chunk_identities(identities_path, identity_ids, pipeline.model.config.id_dim)
     rows, vectors, seeds = [], [], []
     for identity in identity_ids:
         base = table.embeddings[position[int(identity)]]

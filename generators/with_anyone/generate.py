@@ -318,8 +318,7 @@ def generate_chunk(
     """
 
     from faces import get_detector, get_embedder
-    from generators.chunks import write_chunk
-    from generators.identities import IdentityTable
+    from generators.chunks import chunk_identities, write_chunk
     from generators.with_anyone.model import make_sampler
     from shards.layout import make_key
 
@@ -328,17 +327,8 @@ def generate_chunk(
         logger.info("chunk %d already complete, skipping", part)
         return parquet_path
     tar_path.parent.mkdir(parents=True, exist_ok=True)
-    table = IdentityTable.load(identities_path)
-    position = {int(i): row for row, i in enumerate(table.ids)}
-    missing = [i for i in identity_ids if int(i) not in position]
-    if missing:
-        raise KeyError(f"identities {missing[:5]} are not in {identities_path}")
     unet, adapter, train_scheduler, vae, checksum = load_generator(settings)
-    if table.embeddings.shape[1] != adapter.tokenizer.id_dim:
-        raise ValueError(
-            f"{identities_path} holds {table.embeddings.shape[1]}-d identities but the model "
-            f"{settings.model} expects {adapter.tokenizer.id_dim}-d"
-        )
+    table, position = chunk_identities(identities_path, identity_ids, adapter.tokenizer.id_dim)
     sampler = make_sampler(train_scheduler, settings.scheduler)
     detector, embedder = get_detector(settings.detector), get_embedder(settings.embedder)
     k = settings.faces_per_image
