@@ -137,8 +137,7 @@ def generate_chunk(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_base_once(booth.base, device)
     table, position = chunk_identities(identities_path, identity_ids)
-    priors = prior_class_images(base, booth, out_dir / "prior", recipe_seed)
-    trainer = IDBoothTrainer(base, booth, priors, identity_model)
+    trainer = None  # built only if an adapter is missing: it encodes the prior set
     rows, outputs = [], []
     for identity in identity_ids:
         identity = int(identity)
@@ -153,6 +152,9 @@ def generate_chunk(
                 settings.model,
                 recipe_seed,
             )
+            if trainer is None:
+                priors = prior_class_images(base, booth, out_dir / "prior", recipe_seed)
+                trainer = IDBoothTrainer(base, booth, priors, identity_model)
             result = trainer.fine_tune(name, instance, adapter_dir, recipe_seed, progress)
             (adapter_dir / "history.json").write_text(json.dumps(result.history))
         load_lora(base.unet, name, adapter_dir)

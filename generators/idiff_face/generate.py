@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from generators.idiff_face.model import CONFIG_NAME
 from generators.seeds import sample_seed
 from generators.settings import GenerateSettings
 
@@ -28,12 +27,15 @@ def chunk_paths(out_dir: str | Path, part: int) -> tuple[Path, Path]:
 
 
 def model_checksum(folder: str | Path) -> str:
-    """SHA-256 over the model's weights and configs (sorted by path): what decides the
-    images. Logs and pictures in the folder (loss_history.json, *.png) do not count."""
+    """SHA-256 over the model's weights and JSON configs (sorted by path): what decides the
+    images, for any generator folder. Training logs (``*history.json``) and pictures do
+    not count, so rewriting a log never changes a sample's metadata."""
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
-        relevant = path.suffix == ".safetensors" or path.name in ("config.json", CONFIG_NAME)
+        relevant = path.suffix == ".safetensors" or (
+            path.suffix == ".json" and not path.name.endswith("history.json")
+        )
         if path.is_file() and relevant:
             digest.update(path.relative_to(folder).as_posix().encode())
             digest.update(path.read_bytes())
