@@ -37,7 +37,12 @@ def throughput(spec: str, items: list, aligned: np.ndarray) -> dict:
     """faces/s: (a) detect+align+embed on 250x250 images; (b) pre-aligned, naive vs batched."""
     import cv2
 
-    from faces import get_detector, get_embedder, process_images, process_images_parallel
+    from facefoundry.faces import (
+        get_detector,
+        get_embedder,
+        process_images,
+        process_images_parallel,
+    )
 
     cv2.setNumThreads(2)
     detector, embedder = get_detector("yunet"), get_embedder(spec)
@@ -82,9 +87,9 @@ def main() -> None:
     args = parser.parse_args()
     specs = args.embedders.split(",")
 
-    from evaluation.lfw import Lfw
-    from evaluation.verify import evaluate_lfw, load_pairs
-    from faces import align_face, decode_image, get_detector, select_face
+    from facefoundry.evaluation.lfw import Lfw
+    from facefoundry.evaluation.verify import evaluate_lfw, load_pairs
+    from facefoundry.faces import align_face, decode_image, get_detector, select_face
 
     figures: dict = {"machine": machine(), "quick": args.quick}
     lfw = Lfw(args.lfw)
@@ -134,8 +139,8 @@ def main() -> None:
     # ceiling: SFace's FLOPs per face against the measured sgemm rate
     import onnx
 
-    from faces.models import SFACE
-    from faces.onnx_tools import count_flops, fold_constant_weights
+    from facefoundry.faces.models import SFACE
+    from facefoundry.faces.onnx_tools import count_flops, fold_constant_weights
 
     sface_gflop = count_flops(fold_constant_weights(onnx.load(str(SFACE.path())))) / 1e9
     figures["sface_gflop_per_face"] = round(sface_gflop, 3)

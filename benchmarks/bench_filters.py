@@ -27,9 +27,9 @@ from common import REPO, finish, machine  # noqa: I001
 
 def dedup_child(n: int, dim: int, screen: str) -> None:
     """Run in a fresh process: time greedy_dedup on n random unit vectors; print JSON."""
-    from filters.dedup import greedy_dedup
-    from filters.neighbours import choose_screen
-    from filters.testing import random_unit
+    from facefoundry.filters.dedup import greedy_dedup
+    from facefoundry.filters.neighbours import choose_screen
+    from facefoundry.filters.testing import random_unit
 
     vectors = random_unit(n, dim, seed=n)
     started = time.perf_counter()
@@ -63,8 +63,8 @@ def run_dedup(n: int, dim: int = 512, screen: str = "auto") -> dict:
 
 def planted(n: int, n_planted: int, seed: int = 7) -> dict:
     """Planted near-duplicate pairs (cos 0.45..0.95) and near misses (0.30..0.38) at tau 0.4."""
-    from filters.dedup import greedy_dedup
-    from filters.testing import at_cosine, plant_duplicates
+    from facefoundry.filters.dedup import greedy_dedup
+    from facefoundry.filters.testing import at_cosine, plant_duplicates
 
     vectors, orig, dup = plant_duplicates(n, 512, n_planted, (0.45, 0.95), seed)
     rng = np.random.default_rng(seed)
@@ -99,7 +99,7 @@ def planted(n: int, n_planted: int, seed: int = 7) -> dict:
 
 
 def lfw_items(lfw, per_person: int, people: int | None, seed: int = 0) -> list:
-    from evaluation.lfw import image_name, read_people
+    from facefoundry.evaluation.lfw import image_name, read_people
 
     counts: dict[str, int] = {}
     for name, count in read_people(lfw.protocol_file("people.txt")):
@@ -119,7 +119,7 @@ def lfw_items(lfw, per_person: int, people: int | None, seed: int = 0) -> list:
 
 
 def partitions(items: list, size: int = 64) -> list:
-    from filters.distributed import Partition
+    from facefoundry.filters.distributed import Partition
 
     return [
         Partition(f"part-{i // size:05d}", items[i : i + size]) for i in range(0, len(items), size)
@@ -133,7 +133,12 @@ def dask_speedup(items: list, workdir: Path, repeats: int) -> dict:
     cluster start); the two are run alternately ``repeats`` times and the medians
     compared, so a burst of other load on a shared machine hits both alike.
     """
-    from filters.distributed import embed_partitions, local_client, preload_models, worker_models
+    from facefoundry.filters.distributed import (
+        embed_partitions,
+        local_client,
+        preload_models,
+        worker_models,
+    )
 
     parts = partitions(items, 32)
     cold = time.perf_counter()
@@ -184,12 +189,12 @@ def dask_speedup(items: list, workdir: Path, repeats: int) -> dict:
 def lfw_separability(
     items: list, workdir: Path, n_impostor: int, calibration_out: str | None
 ) -> dict:
-    from evaluation.protocol import equal_error_rate as reference_eer
-    from filters.calibrate import calibrate_embeddings, save_calibration
-    from filters.distributed import embed_partitions
-    from filters.metrics import equal_error_rate, fnmr_at_fmr, verification_figures
-    from filters.pairs import genuine_pairs, impostor_pairs, pair_scores
-    from filters.samples import read_samples
+    from facefoundry.evaluation.protocol import equal_error_rate as reference_eer
+    from facefoundry.filters.calibrate import calibrate_embeddings, save_calibration
+    from facefoundry.filters.distributed import embed_partitions
+    from facefoundry.filters.metrics import equal_error_rate, fnmr_at_fmr, verification_figures
+    from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
+    from facefoundry.filters.samples import read_samples
 
     started = time.perf_counter()
     embed_partitions(partitions(items), workdir / "embed", embedders=["sface", "dlib"], workers=2)
@@ -249,9 +254,9 @@ def lfw_separability(
 
 def stage_throughput(identities: int, per_identity: int) -> dict:
     """run_filter on synthetic 128-d sface/dlib-like embeddings (cosine thresholds)."""
-    from filters.settings import FilterSettings
-    from filters.stage import run_filter
-    from filters.testing import identity_samples, random_unit, write_embed_part
+    from facefoundry.filters.settings import FilterSettings
+    from facefoundry.filters.stage import run_filter
+    from facefoundry.filters.testing import identity_samples, random_unit, write_embed_part
 
     centres = random_unit(identities, 128, 1)
     sface, ident = identity_samples(centres, per_identity, 0.07, 2)
@@ -295,7 +300,7 @@ def main() -> None:
         dedup_child(int(n), int(dim), screen)
         return
 
-    from evaluation.lfw import Lfw
+    from facefoundry.evaluation.lfw import Lfw
 
     figures: dict = {"machine": machine(), "quick": args.quick}
     figures.update(planted(5_000 if args.quick else 20_000, 50 if args.quick else 200))

@@ -26,8 +26,8 @@ PEOPLE = [
 
 
 def aligned_faces() -> np.ndarray:
-    from evaluation.lfw import Lfw
-    from faces import align_face, decode_image, get_detector, select_face
+    from facefoundry.evaluation.lfw import Lfw
+    from facefoundry.faces import align_face, decode_image, get_detector, select_face
 
     lfw, detector = Lfw(), get_detector("yunet")
     out = []
@@ -41,14 +41,14 @@ def aligned_faces() -> np.ndarray:
 def distance_to_positive(trainer, adapter_dir: Path, name: str, instance: np.ndarray) -> float:
     """Mean 1 - cos between the instance photo and the faces decoded from the UNet's
     predicted x0 at fixed timesteps and noise (the same probe for every run)."""
-    from generators.denoise import predicted_x0
-    from generators.id_booth.identity_loss import (
+    from facefoundry.generators.denoise import predicted_x0
+    from facefoundry.generators.id_booth.identity_loss import (
         aligned_matrix,
         embed_crops,
         warp_to_template,
     )
-    from generators.id_booth.lora import drop_lora, load_lora
-    from generators.id_booth.train import to_model_images
+    from facefoundry.generators.id_booth.lora import drop_lora, load_lora
+    from facefoundry.generators.id_booth.train import to_model_images
 
     base = trainer.base
     load_lora(base.unet, name, adapter_dir)
@@ -81,13 +81,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from evaluation.backbones import get_model
-    from generators.id_booth.base import load_base
-    from generators.id_booth.lora import load_lora
-    from generators.id_booth.sample import sample_images
-    from generators.id_booth.settings import IDBoothSettings
-    from generators.id_booth.tiny import make_tiny_sd
-    from generators.id_booth.train import IDBoothTrainer
+    from facefoundry.evaluation.backbones import get_model
+    from facefoundry.generators.id_booth.base import load_base
+    from facefoundry.generators.id_booth.lora import load_lora
+    from facefoundry.generators.id_booth.sample import sample_images
+    from facefoundry.generators.id_booth.settings import IDBoothSettings
+    from facefoundry.generators.id_booth.tiny import make_tiny_sd
+    from facefoundry.generators.id_booth.train import IDBoothTrainer
 
     faces = aligned_faces()
     work = Path(tempfile.mkdtemp(prefix="bench-id-booth-"))

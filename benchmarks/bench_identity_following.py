@@ -36,10 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from faces import get_embedder
-    from generators.identities import PRIOR_FILE, make_identities
-    from generators.idiff_face.pipeline import IDiffFacePipeline
-    from generators.training_data import FaceTrainingSet
+    from facefoundry.faces import get_embedder
+    from facefoundry.generators.identities import PRIOR_FILE, make_identities
+    from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
+    from facefoundry.generators.training_data import FaceTrainingSet
 
     pipe = IDiffFacePipeline.from_pretrained(args.model, "dpmsolver++", device="cpu")
     data = FaceTrainingSet.load(args.data)

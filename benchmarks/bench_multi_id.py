@@ -53,7 +53,7 @@ def leakage(unet, adapter, id_dim: int) -> dict:
     changed = ids.clone()
     changed[0, 1] = torch.randn(id_dim)
     size = unet.config.sample_size
-    from generators.with_anyone.layout import box_masks
+    from facefoundry.generators.with_anyone.layout import box_masks
 
     worst_a, least_b, most_b = 0.0, float("inf"), 0.0
     for name in adapter.layer_names:
@@ -91,11 +91,11 @@ def main() -> None:
 
     from diffusers import DDPMScheduler
 
-    from generators.idiff_face.pipeline import IDiffFacePipeline
-    from generators.with_anyone.attention import install_identity_adapter
-    from generators.with_anyone.generate import sample_groups
-    from generators.with_anyone.layout import sample_layout
-    from generators.with_anyone.model import make_sampler
+    from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
+    from facefoundry.generators.with_anyone.attention import install_identity_adapter
+    from facefoundry.generators.with_anyone.generate import sample_groups
+    from facefoundry.generators.with_anyone.layout import sample_layout
+    from facefoundry.generators.with_anyone.model import make_sampler
 
     batch, steps = (4, 5) if args.quick else (8, 10)
     config = json.loads((REPO / "models" / "idiff-face-lfw" / "idiff_face.json").read_text())

@@ -20,8 +20,8 @@ from common import REPO, finish, machine
 
 def judge(faces: np.ndarray, identity_of: np.ndarray, judge_spec: str, seed: int = 0) -> dict:
     """face rate (YuNet on the 112 px image) and genuine/impostor cosines of the judge."""
-    from evaluation.protocol import equal_error_rate
-    from faces import get_detector, get_embedder, select_face
+    from facefoundry.evaluation.protocol import equal_error_rate
+    from facefoundry.faces import get_detector, get_embedder, select_face
 
     detector = get_detector("yunet")
     found = np.array([select_face(detector.detect(f), f.shape) is not None for f in faces])
@@ -61,16 +61,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from generators.identities import make_identities
-    from generators.idiff_face.pipeline import IDiffFacePipeline
-    from generators.seeds import sample_seed
+    from facefoundry.generators.identities import make_identities
+    from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
+    from facefoundry.generators.seeds import sample_seed
 
     n_ids, per_id, n_ddpm = (20, 4, 8) if args.quick else (100, 8, 16)
     fast = IDiffFacePipeline.from_pretrained(args.model, "dpmsolver++", device="cpu")
     config = fast.model.config
     from pathlib import Path
 
-    from generators.identities import PRIOR_FILE
+    from facefoundry.generators.identities import PRIOR_FILE
 
     table = make_identities(
         n_ids,
@@ -131,10 +131,10 @@ def main() -> None:
 
     # ceiling: real LFW DevTest faces through the same judge, at 112 px and shrunk to the
     # model's resolution and back
-    from evaluation.aligned_pairs import aligned_pairs
+    from facefoundry.evaluation.aligned_pairs import aligned_pairs
 
     pairs = aligned_pairs("devtest", progress=False)
-    from faces import get_embedder
+    from facefoundry.faces import get_embedder
 
     embedder = get_embedder(args.judge)
     # quick: folds 1-2 of DevTest (200 pairs); full: all 1,000 pairs

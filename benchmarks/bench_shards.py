@@ -37,18 +37,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shards import ShardSettings, finalize, shard_urls, stream_dataset, write_split  # noqa: E402
-from shards.index import IndexedShards  # noqa: E402
-from shards.testing import synthetic_face, synthetic_samples  # noqa: E402
-from shards.writer import encode_sample  # noqa: E402
+from facefoundry.shards import ShardSettings, finalize, shard_urls, stream_dataset, write_split  # noqa: E402
+from facefoundry.shards.index import IndexedShards  # noqa: E402
+from facefoundry.shards.testing import synthetic_face, synthetic_samples  # noqa: E402
+from facefoundry.shards.writer import encode_sample  # noqa: E402
 
 PER_IDENTITY = 50
 POOL = 512
 
 RSS_CHILD = """
 import json, sys, time
-from shards import ShardSettings, write_split
-from shards.testing import synthetic_face, synthetic_samples
+from facefoundry.shards import ShardSettings, write_split
+from facefoundry.shards.testing import synthetic_face, synthetic_samples
 n, out = int(sys.argv[1]), sys.argv[2]
 pool = [synthetic_face(i, 0) for i in range(512)]
 def status_mb(field):  # VmHWM: peak RSS of this process image (ru_maxrss survives exec)
@@ -67,8 +67,8 @@ print(json.dumps({"before_mb": before, "peak_mb": peak, "rows": result.n_rows,
 KILL_CHILD = """
 import sys, time
 from pathlib import Path
-from shards import ShardSettings, write_split
-from shards.testing import synthetic_face, synthetic_samples
+from facefoundry.shards import ShardSettings, write_split
+from facefoundry.shards.testing import synthetic_face, synthetic_samples
 out, n, pause_at, ready = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 maxcount = int(sys.argv[5])
 pool = [synthetic_face(i, 0) for i in range(512)]

@@ -29,8 +29,8 @@ def full_size_base(device: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from generators.id_booth.base import BaseComponents
-    from generators.id_booth.tiny import _byte_vocab
+    from facefoundry.generators.id_booth.base import BaseComponents
+    from facefoundry.generators.id_booth.tiny import _byte_vocab
 
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     vae = AutoencoderKL(
@@ -72,16 +72,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    from evaluation.backbones import get_model
-    from generators.id_booth.base import load_base
-    from generators.id_booth.sample import sample_images
-    from generators.id_booth.settings import IDBoothSettings
-    from generators.id_booth.train import IDBoothTrainer
+    from facefoundry.evaluation.backbones import get_model
+    from facefoundry.generators.id_booth.base import load_base
+    from facefoundry.generators.id_booth.sample import sample_images
+    from facefoundry.generators.id_booth.settings import IDBoothSettings
+    from facefoundry.generators.id_booth.train import IDBoothTrainer
 
     device = "cpu" if args.smoke else "cuda"
     torch.manual_seed(0)
     if args.smoke:
-        from generators.id_booth.tiny import make_tiny_sd
+        from facefoundry.generators.id_booth.tiny import make_tiny_sd
 
         base = load_base(make_tiny_sd("/tmp/facefoundry-tiny-sd"), device)
         resolution, identity = 32, get_model("mbf_small", num_features=32)
@@ -110,7 +110,7 @@ def main() -> None:
         torch.cuda.synchronize()
     step_seconds = (time.perf_counter() - started) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
-    from generators.id_booth.lora import load_lora
+    from facefoundry.generators.id_booth.lora import load_lora
 
     load_lora(base.unet, "timed", "/tmp/facefoundry-lora-timed")
     prompts = ["face portrait photo of sks person, forest background"] * sample_count

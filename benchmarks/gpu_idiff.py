@@ -38,9 +38,9 @@ def throughput(args: argparse.Namespace) -> dict:
     import numpy as np
     from diffusers import VQModel
 
-    from generators.idiff_face.config import PAPER_CONFIG
-    from generators.idiff_face.model import IDiffFaceModel, count_parameters
-    from generators.idiff_face.pipeline import IDiffFacePipeline
+    from facefoundry.generators.idiff_face.config import PAPER_CONFIG
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel, count_parameters
+    from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
 
     torch.manual_seed(0)
     model = IDiffFaceModel(PAPER_CONFIG)
@@ -91,9 +91,9 @@ def throughput(args: argparse.Namespace) -> dict:
 
 def demo_gen(args: argparse.Namespace) -> dict:
     """The demo recipe's generation stage (100 identities x 8) with the model on CUDA."""
-    from flows.config import load_recipe
-    from generators.identities import make_identities
-    from generators.idiff_face.generate import generate_chunk
+    from facefoundry.flows.config import load_recipe
+    from facefoundry.generators.identities import make_identities
+    from facefoundry.generators.idiff_face.generate import generate_chunk
 
     recipe = load_recipe(REPO / "recipes" / "demo.yaml")
     settings = recipe.generate.model_copy(
@@ -148,10 +148,10 @@ def train(args: argparse.Namespace) -> dict:
     so the cosine schedule ends on time."""
     from safetensors.torch import load_file, save_file
 
-    from generators.idiff_face.config import IDiffFaceConfig
-    from generators.idiff_face.model import IDiffFaceModel
-    from generators.idiff_face.train import Trainer, TrainSettings, _lr_lambda
-    from generators.training_data import FaceTrainingSet
+    from facefoundry.generators.idiff_face.config import IDiffFaceConfig
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
+    from facefoundry.generators.idiff_face.train import Trainer, TrainSettings, _lr_lambda
+    from facefoundry.generators.training_data import FaceTrainingSet
 
     started = time.perf_counter()
     torch.set_num_threads(4)

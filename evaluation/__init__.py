@@ -1,7 +1,10 @@
 """evaluation: LFW and .bin verification protocol (later: FR training and reports)."""
 
-from evaluation.lfw import Lfw, LfwNotFoundError, data_dir, image_name
-from evaluation.protocol import (
+if __name__ != "facefoundry.evaluation":  # one import name, never two copies of a module
+    raise ImportError("this package is installed as facefoundry.evaluation: import that")
+
+from facefoundry.evaluation.lfw import Lfw, LfwNotFoundError, data_dir, image_name
+from facefoundry.evaluation.protocol import (
     Pair,
     equal_error_rate,
     read_pairs,
@@ -10,7 +13,7 @@ from evaluation.protocol import (
     ten_fold_accuracy,
     verification_metrics,
 )
-from evaluation.verify import evaluate_bin, evaluate_lfw
+from facefoundry.evaluation.verify import evaluate_bin, evaluate_lfw
 
 __all__ = [
     "Lfw",

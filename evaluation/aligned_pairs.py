@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.lfw import Lfw, cache_dir
-from evaluation.protocol import verification_metrics
-from evaluation.verify import load_pairs
+from facefoundry.evaluation.lfw import Lfw, cache_dir
+from facefoundry.evaluation.protocol import verification_metrics
+from facefoundry.evaluation.verify import load_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def align_lfw_images(
     progress: bool = True,
 ):
     """YuNet + ArcFace alignment of LFW images (112 px), one outcome per name."""
-    from faces import process_images_parallel
+    from facefoundry.faces import process_images_parallel
 
     return process_images_parallel(
         list(lfw.read_many(names)),
@@ -116,7 +116,7 @@ def bin_validator(path: str | Path):
     """A training callback scoring an insightface .bin set (pre-aligned pairs)."""
     import cv2
 
-    from evaluation.binset import bin_folds, read_bin
+    from facefoundry.evaluation.binset import bin_folds, read_bin
 
     images, issame = read_bin(path)
     faces = np.stack(

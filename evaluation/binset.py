@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faces.io import decode_image
+from facefoundry.faces.io import decode_image
 
 
 def read_bin(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:

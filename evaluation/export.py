@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from evaluation.backbones import get_model
+from facefoundry.evaluation.backbones import get_model
 
 
 def load_backbone(path: str | Path, name: str, num_features: int = 512) -> torch.nn.Module:

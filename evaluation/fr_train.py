@@ -22,9 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from evaluation.augment import RandAugment, augment_batch
-from evaluation.backbones import get_model
-from evaluation.losses import MarginHead, make_loss
+from facefoundry.evaluation.augment import RandAugment, augment_batch
+from facefoundry.evaluation.backbones import get_model
+from facefoundry.evaluation.losses import MarginHead, make_loss
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class FRTrainSettings(BaseModel):
 
 def check_contiguous_labels(shards_dir: Path) -> int:
     """Class count from dataset.json after checking kept labels are exactly 0..C-1."""
-    from shards import read_manifests
+    from facefoundry.shards import read_manifests
 
     dataset = json.loads((shards_dir / "dataset.json").read_text())
     classes = int(dataset.get("class_count", 0))
@@ -156,7 +156,7 @@ class RecognizerTrainer:
     # --- data ---------------------------------------------------------------------------
     def batches(self, epoch: int):
         """(float images N x 3 x 112 x 112 in -1..1, labels) for one epoch, seeded by epoch."""
-        from shards import make_loader, stream_dataset
+        from facefoundry.shards import make_loader, stream_dataset
 
         dataset = stream_dataset(
             self.shards_dir,
@@ -363,20 +363,20 @@ def train_recognizer(
     progress: bool = True,
 ) -> Path:
     """Train (or resume), then export backbone.safetensors, model.onnx, history and curves."""
-    from evaluation.export import export_onnx
+    from facefoundry.evaluation.export import export_onnx
 
     settings = settings or FRTrainSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     validators = []
     if settings.val_pairs:
-        from evaluation.aligned_pairs import aligned_pairs, lfw_validator
+        from facefoundry.evaluation.aligned_pairs import aligned_pairs, lfw_validator
 
         validators.append(
             lfw_validator(aligned_pairs(settings.val_pairs, lfw_root, progress=progress))
         )
     if settings.val_bins:
-        from evaluation.aligned_pairs import bin_validator
+        from facefoundry.evaluation.aligned_pairs import bin_validator
 
         validators.extend(bin_validator(path) for path in settings.val_bins)
     validator = None

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from evaluation.lfw import ARCHIVE_NAME, PROTOCOL_FILES
+from facefoundry.evaluation.lfw import ARCHIVE_NAME, PROTOCOL_FILES
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from evaluation.lfw import Lfw, people_images, read_people
+from facefoundry.evaluation.lfw import Lfw, people_images, read_people
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ def write_lfw_shards(
     progress: bool = True,
 ) -> Path:
     """Write (or reuse, when dataset.json exists) shards of the listed LFW people."""
-    from evaluation.aligned_pairs import align_lfw_images
-    from shards import ShardSample, encode_face_jpeg, finalize, make_key, write_split
+    from facefoundry.evaluation.aligned_pairs import align_lfw_images
+    from facefoundry.shards import ShardSample, encode_face_jpeg, finalize, make_key, write_split
 
     out_dir = Path(out_dir)
     if (out_dir / "dataset.json").is_file():

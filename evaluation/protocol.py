@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.lfw import image_name
+from facefoundry.evaluation.lfw import image_name
 
 N_FOLDS = 10
 DISTANCE_THRESHOLDS = np.arange(0.0, 4.0, 0.01)

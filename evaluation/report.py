@@ -139,7 +139,7 @@ def sample_grid(run_dir: Path, kept: bool, rows: int = 4, columns: int = 8) -> t
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from shards.tarformat import iter_members
+    from facefoundry.shards.tarformat import iter_members
 
     decisions_path = run_dir / "filter" / "decisions.parquet"
     if not decisions_path.is_file():

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.binset import bin_folds, read_bin
-from evaluation.lfw import Lfw
-from evaluation.protocol import Pair, read_pairs, verification_metrics
-from faces import get_embedder, process_images_parallel
+from facefoundry.evaluation.binset import bin_folds, read_bin
+from facefoundry.evaluation.lfw import Lfw
+from facefoundry.evaluation.protocol import Pair, read_pairs, verification_metrics
+from facefoundry.faces import get_embedder, process_images_parallel
 
 logger = logging.getLogger(__name__)
 

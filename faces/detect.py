@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faces.align import fit_five_points
-from faces.models import DLIB_SHAPE_5, YUNET, file_sha256
+from facefoundry.faces.align import fit_five_points
+from facefoundry.faces.models import DLIB_SHAPE_5, YUNET, file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faces.align import ALIGNED_SIZE, align_face
-from faces.detect import Detection
-from faces.models import DLIB_RESNET, DLIB_SHAPE_5, SFACE, file_sha256
+from facefoundry.faces.align import ALIGNED_SIZE, align_face
+from facefoundry.faces.detect import Detection
+from facefoundry.faces.models import DLIB_RESNET, DLIB_SHAPE_5, SFACE, file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from faces.align import align_face
-from faces.detect import Detection, Detector, centred_fallback_landmarks, get_detector, select_face
-from faces.embedders import Embedder, get_embedder
-from faces.io import FaceImageError, as_rgb_uint8, decode_image, load_image
+from facefoundry.faces.align import align_face
+from facefoundry.faces.detect import (
+    Detection,
+    Detector,
+    centred_fallback_landmarks,
+    get_detector,
+    select_face,
+)
+from facefoundry.faces.embedders import Embedder, get_embedder
+from facefoundry.faces.io import FaceImageError, as_rgb_uint8, decode_image, load_image
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,10 @@ The array-level pieces it is built from are public too. Scores are cosine
 similarities of unit embeddings unless a name says distance. See docs/filters.md.
 """
 
-from filters.calibrate import (
+if __name__ != "facefoundry.filters":  # one import name, never two copies of a module
+    raise ImportError("this package is installed as facefoundry.filters: import that")
+
+from facefoundry.filters.calibrate import (
     Calibration,
     CalibrationError,
     ResolvedThreshold,
@@ -18,27 +21,32 @@ from filters.calibrate import (
     save_calibration,
     threshold_at_fmr,
 )
-from filters.decide import FilterResult, IdentityDecisions, Rules, apply_filters
-from filters.dedup import DedupResult, greedy_dedup
-from filters.distributed import Partition, embed_partitions, read_parts_distributed
-from filters.funnel import ALL_REASONS, IDENTITY_REASONS, SAMPLE_REASONS, build_funnel
-from filters.groups import centroid_cosines, centroids, valid_rows
-from filters.metrics import consistency as dcface_consistency
-from filters.metrics import (
+from facefoundry.filters.decide import FilterResult, IdentityDecisions, Rules, apply_filters
+from facefoundry.filters.dedup import DedupResult, greedy_dedup
+from facefoundry.filters.distributed import Partition, embed_partitions, read_parts_distributed
+from facefoundry.filters.funnel import ALL_REASONS, IDENTITY_REASONS, SAMPLE_REASONS, build_funnel
+from facefoundry.filters.groups import centroid_cosines, centroids, valid_rows
+from facefoundry.filters.metrics import consistency as dcface_consistency
+from facefoundry.filters.metrics import (
     dataset_metrics,
     decidability,
     equal_error_rate,
     fisher_discriminant_ratio,
     fnmr_at_fmr,
 )
-from filters.metrics import uniqueness as dcface_uniqueness
-from filters.neighbours import faiss_available, nearest_in, nearest_other
-from filters.pairs import genuine_pairs, impostor_pairs, pair_scores
-from filters.privacy import ReferenceSet, load_reference, privacy_check, reference_from_arrays
-from filters.sample_rules import face_reasons, quantile_trim
-from filters.samples import SampleTable, embedding_column, read_samples
-from filters.settings import FilterSettings, Threshold
-from filters.stage import compute_metrics, resolve_rules, run_filter
+from facefoundry.filters.metrics import uniqueness as dcface_uniqueness
+from facefoundry.filters.neighbours import faiss_available, nearest_in, nearest_other
+from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
+from facefoundry.filters.privacy import (
+    ReferenceSet,
+    load_reference,
+    privacy_check,
+    reference_from_arrays,
+)
+from facefoundry.filters.sample_rules import face_reasons, quantile_trim
+from facefoundry.filters.samples import SampleTable, embedding_column, read_samples
+from facefoundry.filters.settings import FilterSettings, Threshold
+from facefoundry.filters.stage import compute_metrics, resolve_rules, run_filter
 
 __all__ = [
     "ALL_REASONS",

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from filters.groups import valid_rows
-from filters.pairs import genuine_pairs, impostor_pairs, pair_scores
-from filters.samples import embedder_name
-from filters.settings import Threshold
+from facefoundry.filters.groups import valid_rows
+from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
+from facefoundry.filters.samples import embedder_name
+from facefoundry.filters.settings import Threshold
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def calibrate_images(
 
     No flip TTA and faces the detector misses are left out, like candidate samples.
     """
-    from faces import get_embedder, process_images_parallel
+    from facefoundry.faces import get_embedder, process_images_parallel
 
     items = list(items)
     person = {key: identity for key, identity, _ in items}
@@ -207,7 +207,7 @@ def save_calibration(calibration: Calibration, path: str | Path | None = None) -
 
 
 def _candidates(location: str | Path | None) -> list[Calibration]:
-    from filters.calibration_tables import BUILTIN
+    from facefoundry.filters.calibration_tables import BUILTIN
 
     found: list[Calibration] = []
     paths: list[Path] = []

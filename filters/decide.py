@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from filters.dedup import greedy_dedup
-from filters.funnel import (
+from facefoundry.filters.dedup import greedy_dedup
+from facefoundry.filters.funnel import (
     DUPLICATE_IDENTITY,
     LOW_CENTROID_COS,
     NO_SAMPLES_LEFT,
@@ -26,10 +26,15 @@ from filters.funnel import (
     TOO_FEW_SAMPLES,
     build_funnel,
 )
-from filters.groups import centroid_cosines, centroids, group_counts, group_mean
-from filters.privacy import ReferenceSet, privacy_check
-from filters.sample_rules import below_absolute, face_reasons, pair_consistency, quantile_trim
-from filters.samples import SampleTable, embedder_name
+from facefoundry.filters.groups import centroid_cosines, centroids, group_counts, group_mean
+from facefoundry.filters.privacy import ReferenceSet, privacy_check
+from facefoundry.filters.sample_rules import (
+    below_absolute,
+    face_reasons,
+    pair_consistency,
+    quantile_trim,
+)
+from facefoundry.filters.samples import SampleTable, embedder_name
 
 logger = logging.getLogger(__name__)
 

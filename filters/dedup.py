@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from filters.neighbours import _check, choose_screen, make_index
+from facefoundry.filters.neighbours import _check, choose_screen, make_index
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from filters.samples import META_PREFIX, SampleTable, fixed_list, merge_parts, read_part
+from facefoundry.filters.samples import META_PREFIX, SampleTable, fixed_list, merge_parts, read_part
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def worker_models(detector: str, embedders: Sequence[str], threads: int = 1) -> 
     if key not in _MODELS:
         import cv2
 
-        from faces import get_detector, get_embedder
+        from facefoundry.faces import get_detector, get_embedder
 
         cv2.setNumThreads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -132,7 +132,13 @@ def embed_items(
     landmarks, error, width, height), ``identity`` and ``embedding_<name>`` per
     embedder (NaN rows where that model gave no usable vector).
     """
-    from faces import Detection, decode_image, load_image, process_images, result_to_table
+    from facefoundry.faces import (
+        Detection,
+        decode_image,
+        load_image,
+        process_images,
+        result_to_table,
+    )
 
     items = list(items)
     first = process_images(

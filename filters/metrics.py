@@ -20,9 +20,9 @@ import logging
 
 import numpy as np
 
-from filters.groups import centroid_cosines, centroids, group_counts, valid_rows
-from filters.neighbours import nearest_other
-from filters.pairs import genuine_pairs, impostor_pairs, pair_scores
+from facefoundry.filters.groups import centroid_cosines, centroids, group_counts, valid_rows
+from facefoundry.filters.neighbours import nearest_other
+from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from filters.groups import centroids, valid_rows
-from filters.neighbours import nearest_in
-from filters.samples import embedder_name, read_samples
+from facefoundry.filters.groups import centroids, valid_rows
+from facefoundry.filters.neighbours import nearest_in
+from facefoundry.filters.samples import embedder_name, read_samples
 
 logger = logging.getLogger(__name__)
 

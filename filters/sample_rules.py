@@ -11,14 +11,14 @@ import logging
 
 import numpy as np
 
-from filters.funnel import (
+from facefoundry.filters.funnel import (
     BAD_EMBEDDING,
     BAD_IMAGE,
     LOW_DET_SCORE,
     MULTIPLE_FACES,
     NO_FACE,
 )
-from filters.groups import group_counts, valid_rows
+from facefoundry.filters.groups import group_counts, valid_rows
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from filters.calibrate import ResolvedThreshold, resolve_threshold
-from filters.decide import FilterResult, Rules, apply_filters
-from filters.metrics import dataset_metrics
-from filters.privacy import load_reference
-from filters.samples import SampleTable, embedder_name, find_parts, read_samples, run_dir_of
-from filters.settings import FilterSettings
+from facefoundry.filters.calibrate import ResolvedThreshold, resolve_threshold
+from facefoundry.filters.decide import FilterResult, Rules, apply_filters
+from facefoundry.filters.metrics import dataset_metrics
+from facefoundry.filters.privacy import load_reference
+from facefoundry.filters.samples import (
+    SampleTable,
+    embedder_name,
+    find_parts,
+    read_samples,
+    run_dir_of,
+)
+from facefoundry.filters.settings import FilterSettings
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +326,7 @@ def compute_metrics(
     path = Path(path)
     parts = find_parts(path)
     if workers > 0:
-        from filters.distributed import read_parts_distributed
+        from facefoundry.filters.distributed import read_parts_distributed
 
         table = read_parts_distributed(parts, [name], workers=workers, run_dir=run_dir_of(path))
     else:

@@ -15,12 +15,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evaluation.fr_train import FRTrainSettings
-from evaluation.settings import EvalSettings
-from faces.settings import FaceSettings
-from filters.settings import FilterSettings
-from generators.settings import GenerateSettings, IdentitySettings
-from shards.settings import ShardSettings
+from facefoundry.evaluation.fr_train import FRTrainSettings
+from facefoundry.evaluation.settings import EvalSettings
+from facefoundry.faces.settings import FaceSettings
+from facefoundry.filters.settings import FilterSettings
+from facefoundry.generators.settings import GenerateSettings, IdentitySettings
+from facefoundry.shards.settings import ShardSettings
 
 
 class RecipeError(ValueError):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.config import OrchestrationSettings, Recipe, load_recipe
-from flows.stages import (
+from facefoundry.flows.config import OrchestrationSettings, Recipe, load_recipe
+from facefoundry.flows.stages import (
     STAGES,
     Run,
     embed_unit,
@@ -104,7 +104,7 @@ def _publish(run_dir: Path) -> None:
     """Key tables of the report as Prefect artifacts (markdown + table)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from evaluation.report import summarise
+    from facefoundry.evaluation.report import summarise
 
     summary = summarise(run_dir)
     create_markdown_artifact(
@@ -153,7 +153,7 @@ def build_dataset(
             break
     report_path = None
     if report:
-        from evaluation.report import write_report
+        from facefoundry.evaluation.report import write_report
 
         report_path = str(write_report(run.run_dir))
         _publish(run.run_dir)
@@ -165,7 +165,7 @@ def evaluate_model(model: str, pairs: list[str] | None = None, out: str | None =
     """Score any recognizer (onnx:PATH, sface, dlib, ...) on LFW; for the eval deployment."""
     import json
 
-    from evaluation.verify import evaluate_lfw
+    from facefoundry.evaluation.verify import evaluate_lfw
 
     results = {}
     for name in pairs or ["devtest", "view2"]:

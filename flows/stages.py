@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.config import Recipe, load_recipe
-from flows.markers import inputs_hash, is_current, prepare_stage_dir, write_marker
+from facefoundry.flows.config import Recipe, load_recipe
+from facefoundry.flows.markers import inputs_hash, is_current, prepare_stage_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def run_stage(run: Run, stage: str, body: Callable[[Path, Recipe], dict | None])
 
 # --- identities -----------------------------------------------------------------------------
 def identities_body(stage_dir: Path, recipe: Recipe) -> dict:
-    from generators.identities import PRIOR_FILE, make_identities
-    from generators.idiff_face.model import IDiffFaceModel  # noqa: F401 - clear error early
+    from facefoundry.generators.identities import PRIOR_FILE, make_identities
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel  # noqa: F401 - clear error early
 
     config = model_config(recipe)
     settings = recipe.identities
@@ -172,8 +172,8 @@ def identities_body(stage_dir: Path, recipe: Recipe) -> dict:
 
 
 def model_config(recipe: Recipe):
-    from generators.idiff_face.config import IDiffFaceConfig
-    from generators.idiff_face.model import CONFIG_NAME, ModelFolderError
+    from facefoundry.generators.idiff_face.config import IDiffFaceConfig
+    from facefoundry.generators.idiff_face.model import CONFIG_NAME, ModelFolderError
 
     path = Path(recipe.generate.model) / CONFIG_NAME
     if not path.is_file():
@@ -187,7 +187,7 @@ def model_config(recipe: Recipe):
 # --- generate (chunked) -------------------------------------------------------------------
 def plan_generate(run: Run) -> list[list[int]]:
     """Identity ids per chunk (the unit of GPU work, retry and resume)."""
-    from generators.identities import IdentityTable
+    from facefoundry.generators.identities import IdentityTable
 
     recipe = run.recipe
     ids = [
@@ -204,7 +204,7 @@ def identity_network(settings):
     if not settings.identity_model:
         logger.warning("id_booth.identity_model is empty: fine-tuning without the triplet loss")
         return None
-    from evaluation.export import load_backbone
+    from facefoundry.evaluation.export import load_backbone
 
     return load_backbone(
         settings.identity_model, settings.identity_backbone, settings.identity_features
@@ -216,15 +216,15 @@ def generate_unit(run: Run, part: int, identity_ids: list[int]) -> str:
     recipe = run.recipe
     family = recipe.generate.family
     if family == "id_booth":
-        from generators.id_booth.generate import generate_chunk
+        from facefoundry.generators.id_booth.generate import generate_chunk
 
         extra = (recipe.generate, recipe.seed, identity_network(recipe.generate.id_booth))
     elif family == "multi_id":
-        from generators.with_anyone.generate import generate_chunk
+        from facefoundry.generators.with_anyone.generate import generate_chunk
 
         extra = (recipe.generate.multi_id, recipe.seed)
     else:
-        from generators.idiff_face.generate import generate_chunk
+        from facefoundry.generators.idiff_face.generate import generate_chunk
 
         extra = (recipe.generate, recipe.seed)
     identities = run.stage_dir("identities") / "identities.parquet"
@@ -237,7 +237,7 @@ def plan_embed(run: Run) -> list[str]:
 
 
 def embed_unit(run: Run, tar_path: str) -> dict:
-    from filters.distributed import Partition, embed_partition, is_done
+    from facefoundry.filters.distributed import Partition, embed_partition, is_done
 
     recipe = run.recipe
     embedders = embedders_for(recipe)
@@ -256,7 +256,7 @@ def embed_unit(run: Run, tar_path: str) -> dict:
 
 # --- filter -------------------------------------------------------------------------------
 def filter_body(stage_dir: Path, recipe: Recipe, run_dir: Path) -> dict:
-    from filters.stage import run_filter
+    from facefoundry.filters.stage import run_filter
 
     run_filter(run_dir / "embed", stage_dir, recipe.filter)
     metrics = json.loads((stage_dir / "metrics.json").read_text())
@@ -268,8 +268,8 @@ def shard_samples(run_dir: Path):
     """ShardSamples from the filter decisions + generated chunk files, sorted by key."""
     import pyarrow.parquet as pq
 
-    from shards import ShardSample
-    from shards.tarformat import iter_members
+    from facefoundry.shards import ShardSample
+    from facefoundry.shards.tarformat import iter_members
 
     decisions = {
         row["key"]: row
@@ -320,7 +320,7 @@ def _maybe(row: dict | None, key: str) -> float | None:
 
 
 def shards_body(stage_dir: Path, recipe: Recipe, run_dir: Path) -> dict:
-    from shards import finalize, write_split
+    from facefoundry.shards import finalize, write_split
 
     samples = shard_samples(run_dir)
     kept = sum(s.kept for s in samples)
@@ -346,7 +346,7 @@ def shards_body(stage_dir: Path, recipe: Recipe, run_dir: Path) -> dict:
 
 # --- train --------------------------------------------------------------------------------
 def train_body(stage_dir: Path, recipe: Recipe, run_dir: Path) -> dict:
-    from evaluation.fr_train import train_recognizer
+    from facefoundry.evaluation.fr_train import train_recognizer
 
     shards = json.loads((run_dir / "shards" / "_SUCCESS.json").read_text())
     if int(shards.get("classes") or 0) < 2:
@@ -365,7 +365,7 @@ def train_body(stage_dir: Path, recipe: Recipe, run_dir: Path) -> dict:
 
 # --- evaluate -----------------------------------------------------------------------------
 def evaluate_body(stage_dir: Path, recipe: Recipe, run_dir: Path) -> dict:
-    from evaluation.verify import evaluate_bin, evaluate_lfw
+    from facefoundry.evaluation.verify import evaluate_bin, evaluate_lfw
 
     if not (run_dir / "train" / "model.onnx").is_file():
         trained = json.loads((run_dir / "train" / "_SUCCESS.json").read_text())

@@ -18,7 +18,7 @@ def chunk_identities(
 ):
     """The identity table and each id's row, checked: every id present and, when
     ``id_dim`` is given, embeddings of the size the generator expects."""
-    from generators.identities import IdentityTable
+    from facefoundry.generators.identities import IdentityTable
 
     table = IdentityTable.load(identities_path)
     position = {int(i): row for row, i in enumerate(table.ids)}
@@ -54,9 +54,9 @@ def write_chunk(
     sample parquet (``table`` or one built from ``rows``)."""
     import pyarrow as pa
 
-    from shards.atomic import atomic_open
-    from shards.images import encode_face_jpeg
-    from shards.tarformat import encode_members
+    from facefoundry.shards.atomic import atomic_open
+    from facefoundry.shards.images import encode_face_jpeg
+    from facefoundry.shards.tarformat import encode_members
 
     members = []
     for row, image in zip(rows, images, strict=True):

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from generators.id_booth.settings import IDBoothSettings
-from generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.id_booth.settings import IDBoothSettings
+from facefoundry.generators.with_anyone.settings import MultiIdSettings
 
 
 class IdentitySettings(BaseModel):

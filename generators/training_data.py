@@ -71,7 +71,7 @@ def build_training_set(
 ) -> tuple[FaceTrainingSet, dict[str, int]]:
     """Detect, align and embed images into a training set; images without a usable face
     are left out and counted (the returned dict is the outcome summary)."""
-    from faces import get_embedder, process_images_parallel
+    from facefoundry.faces import get_embedder, process_images_parallel
 
     result = process_images_parallel(
         items,

@@ -1,6 +1,6 @@
 import pytest
 
-from flows.config import RecipeError, load_recipe
+from facefoundry.flows.config import RecipeError, load_recipe
 
 
 def test_misspelled_key_names_the_key_the_file_and_the_nearest_valid_key(tmp_path):

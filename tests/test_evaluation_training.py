@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.backbones import get_model
-from evaluation.export import export_onnx, load_backbone, onnx_parity
-from evaluation.fr_train import FRTrainSettings, RecognizerTrainer, TrainingDataError
-from evaluation.losses import AdaFaceLoss, MarginHead, arcface, cosface
+from facefoundry.evaluation.backbones import get_model
+from facefoundry.evaluation.export import export_onnx, load_backbone, onnx_parity
+from facefoundry.evaluation.fr_train import FRTrainSettings, RecognizerTrainer, TrainingDataError
+from facefoundry.evaluation.losses import AdaFaceLoss, MarginHead, arcface, cosface
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
 
@@ -112,7 +112,7 @@ def test_onnx_export_parity_and_insightface_loads_it(tmp_path):
 
     model = insightface_model(str(path), providers=["CPUExecutionProvider"])
     assert model.taskname == "recognition"
-    from faces import get_embedder
+    from facefoundry.faces import get_embedder
 
     ours = get_embedder(f"onnx:{path}").embed_aligned(faces)
     bgr = [np.ascontiguousarray(f[:, :, ::-1]) for f in faces]
@@ -123,11 +123,11 @@ def test_onnx_export_parity_and_insightface_loads_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def lfw_shards(lfw, tmp_path_factory):
-    from evaluation.lfw import image_name
-    from faces import process_images
-    from faces.detect import get_detector
-    from faces.embedders import get_embedder
-    from shards import ShardSample, encode_face_jpeg, finalize, make_key, write_split
+    from facefoundry.evaluation.lfw import image_name
+    from facefoundry.faces import process_images
+    from facefoundry.faces.detect import get_detector
+    from facefoundry.faces.embedders import get_embedder
+    from facefoundry.shards import ShardSample, encode_face_jpeg, finalize, make_key, write_split
 
     items, identities = [], []
     for identity, person in enumerate(PEOPLE):
@@ -228,8 +228,8 @@ def test_non_contiguous_labels_are_refused(lfw_shards, tmp_path):
 def test_validation_callbacks_score_bin_sets_during_training(lfw_shards, tmp_path):
     import cv2
 
-    from evaluation.aligned_pairs import bin_validator
-    from evaluation.binset import write_bin
+    from facefoundry.evaluation.aligned_pairs import bin_validator
+    from facefoundry.evaluation.binset import write_bin
 
     rng = np.random.default_rng(0)
     encoded, issame = [], []

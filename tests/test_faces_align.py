@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 
-from faces.align import ARCFACE_TEMPLATE, align_face, fit_five_points, template_landmarks
-from faces.detect import Detection, select_face
+from facefoundry.faces.align import (
+    ARCFACE_TEMPLATE,
+    align_face,
+    fit_five_points,
+    template_landmarks,
+)
+from facefoundry.faces.detect import Detection, select_face
 
 
 def test_aligning_the_template_is_the_identity_transform():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from faces import FaceImageError, get_detector, get_embedder, load_image, process_images
-from faces.models import SFACE, ModelFile, ModelFileError
+from facefoundry.faces import FaceImageError, get_detector, get_embedder, load_image, process_images
+from facefoundry.faces.models import SFACE, ModelFile, ModelFileError
 
 
 def test_corrupt_empty_and_non_image_files_name_the_file(tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from evaluation.protocol import roc_auc
-from evaluation.verify import embed_lfw_images, load_pairs, score_pairs
+from facefoundry.evaluation.protocol import roc_auc
+from facefoundry.evaluation.verify import embed_lfw_images, load_pairs, score_pairs
 
 pytestmark = pytest.mark.lfw
 
@@ -34,7 +34,7 @@ def test_same_person_pairs_score_higher_than_different_people(lfw, fold1_subset,
 
 
 def test_yunet_landmarks_follow_the_template_order(lfw):
-    from faces import decode_image, get_detector, select_face
+    from facefoundry.faces import decode_image, get_detector, select_face
 
     name = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
     image = decode_image(lfw.read(name), name)
@@ -49,7 +49,7 @@ def test_yunet_landmarks_follow_the_template_order(lfw):
 def test_archive_reads_match_the_tarball(lfw_root, tmp_path, monkeypatch):
     import tarfile
 
-    from evaluation.lfw import Lfw
+    from facefoundry.evaluation.lfw import Lfw
 
     monkeypatch.setenv("FACEFOUNDRY_CACHE_DIR", str(tmp_path))
     archive = Lfw(lfw_root)
@@ -68,7 +68,7 @@ def test_archive_reads_match_the_tarball(lfw_root, tmp_path, monkeypatch):
 def test_cli_eval_lfw_writes_the_documented_json(lfw_root, tmp_path):
     import json
 
-    from flows.cli import main
+    from facefoundry.flows.cli import main
 
     out = tmp_path / "devtest.json"
     code = main(

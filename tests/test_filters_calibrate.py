@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from filters.calibrate import (
+from facefoundry.filters.calibrate import (
     CalibrationError,
     calibrate_embeddings,
     find_calibration,
@@ -13,9 +13,9 @@ from filters.calibrate import (
     save_calibration,
     threshold_at_fmr,
 )
-from filters.pairs import impostor_pairs, pair_scores
-from filters.settings import FilterSettings, Threshold
-from filters.testing import random_unit
+from facefoundry.filters.pairs import impostor_pairs, pair_scores
+from facefoundry.filters.settings import FilterSettings, Threshold
+from facefoundry.filters.testing import random_unit
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from filters.dedup import greedy_dedup, priority_order
-from filters.neighbours import choose_backend, faiss_available, nearest_in, nearest_other
-from filters.testing import at_cosine, plant_duplicates, random_unit, unit
+from facefoundry.filters.dedup import greedy_dedup, priority_order
+from facefoundry.filters.neighbours import (
+    choose_backend,
+    faiss_available,
+    nearest_in,
+    nearest_other,
+)
+from facefoundry.filters.testing import at_cosine, plant_duplicates, random_unit, unit
 
 
 def brute_force_greedy(vectors: np.ndarray, tau: float, priority=None):

@@ -11,8 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from filters.distributed import Partition, embed_partitions, is_done, partition_items, stats_path
-from filters.samples import read_samples
+from facefoundry.filters.distributed import (
+    Partition,
+    embed_partitions,
+    is_done,
+    partition_items,
+    stats_path,
+)
+from facefoundry.filters.samples import read_samples
 
 
 def _png(value: int) -> bytes:

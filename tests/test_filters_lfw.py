@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from filters.distributed import Partition, embed_partitions, local_client, model_loads
-from filters.metrics import equal_error_rate
-from filters.pairs import genuine_pairs, impostor_pairs, pair_scores
-from filters.samples import read_samples
-from filters.settings import FilterSettings
-from filters.stage import run_filter
+from facefoundry.filters.distributed import Partition, embed_partitions, local_client, model_loads
+from facefoundry.filters.metrics import equal_error_rate
+from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
+from facefoundry.filters.samples import read_samples
+from facefoundry.filters.settings import FilterSettings
+from facefoundry.filters.stage import run_filter
 
 pytestmark = pytest.mark.lfw
 
@@ -34,13 +34,13 @@ def _lfw():
         if os.environ.get("CI") == "true":
             pytest.fail(message + "; CI=true requires it")
         pytest.skip(message)
-    from evaluation.lfw import Lfw
+    from facefoundry.evaluation.lfw import Lfw
 
     return Lfw(root)
 
 
 def _partition(lfw, name: str, people: list[str], numbers: tuple[int, ...]) -> list[Partition]:
-    from evaluation.lfw import image_name
+    from facefoundry.evaluation.lfw import image_name
 
     parts = []
     for index, person in enumerate(people):

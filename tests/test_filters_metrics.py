@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.protocol import equal_error_rate as protocol_eer
-from evaluation.protocol import tar_at_far
-from filters.funnel import build_funnel, check_funnel
-from filters.metrics import (
+from facefoundry.evaluation.protocol import equal_error_rate as protocol_eer
+from facefoundry.evaluation.protocol import tar_at_far
+from facefoundry.filters.funnel import build_funnel, check_funnel
+from facefoundry.filters.metrics import (
     consistency,
     dataset_metrics,
     decidability,
@@ -18,8 +18,13 @@ from filters.metrics import (
     images_per_identity,
     uniqueness,
 )
-from filters.pairs import count_genuine_pairs, genuine_pairs, impostor_pairs, pair_scores
-from filters.testing import identity_samples, random_unit
+from facefoundry.filters.pairs import (
+    count_genuine_pairs,
+    genuine_pairs,
+    impostor_pairs,
+    pair_scores,
+)
+from facefoundry.filters.testing import identity_samples, random_unit
 
 GENUINE = np.array([0.6, 0.8, 1.0])
 IMPOSTOR = np.array([0.0, 0.2])

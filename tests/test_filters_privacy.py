@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from filters.decide import Rules, apply_filters
-from filters.funnel import PRIVACY
-from filters.privacy import load_reference, privacy_check, reference_from_arrays
-from filters.samples import SampleTable
-from filters.settings import FilterSettings
-from filters.stage import run_filter
-from filters.testing import identity_samples, random_unit, write_embed_part
+from facefoundry.filters.decide import Rules, apply_filters
+from facefoundry.filters.funnel import PRIVACY
+from facefoundry.filters.privacy import load_reference, privacy_check, reference_from_arrays
+from facefoundry.filters.samples import SampleTable
+from facefoundry.filters.settings import FilterSettings
+from facefoundry.filters.stage import run_filter
+from facefoundry.filters.testing import identity_samples, random_unit, write_embed_part
 
 DIM = 512  # random 512-d identities stay far below cos 0.3 from each other
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from filters.decide import Rules, apply_filters
-from filters.funnel import (
+from facefoundry.filters.decide import Rules, apply_filters
+from facefoundry.filters.funnel import (
     BAD_EMBEDDING,
     BAD_IMAGE,
     LOW_CENTROID_COS,
@@ -18,10 +18,10 @@ from filters.funnel import (
     TOO_FEW_SAMPLES,
     check_funnel,
 )
-from filters.groups import centroids, valid_rows
-from filters.sample_rules import face_reasons, pair_consistency, quantile_trim
-from filters.samples import SampleTable
-from filters.testing import at_cosine, identity_samples, random_unit
+from facefoundry.filters.groups import centroids, valid_rows
+from facefoundry.filters.sample_rules import face_reasons, pair_consistency, quantile_trim
+from facefoundry.filters.samples import SampleTable
+from facefoundry.filters.testing import at_cosine, identity_samples, random_unit
 
 
 def test_quantile_trim_drops_the_lowest_share_of_each_identity():

@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from filters.calibrate import calibrate_embeddings, save_calibration
-from filters.funnel import check_funnel
-from filters.settings import FilterSettings
-from filters.stage import compute_metrics, run_filter
-from filters.testing import at_cosine, identity_samples, random_unit, write_embed_part
-from flows.cli_filters import register
+from facefoundry.filters.calibrate import calibrate_embeddings, save_calibration
+from facefoundry.filters.funnel import check_funnel
+from facefoundry.filters.settings import FilterSettings
+from facefoundry.filters.stage import compute_metrics, run_filter
+from facefoundry.filters.testing import at_cosine, identity_samples, random_unit, write_embed_part
+from facefoundry.flows.cli_filters import register
 
 DIM = 512
 PER = 8
@@ -236,7 +236,7 @@ def test_metrics_over_parts_on_dask_match_in_process(tmp_path):
 
 
 def test_identities_come_from_generate_parquet_or_key_folder(tmp_path):
-    from filters.samples import read_samples
+    from facefoundry.filters.samples import read_samples
 
     vectors, groups = identity_samples(random_unit(3, 32), 2, 0.05)
     keys = [f"Person_{g}/img_{i}.jpg" for i, g in enumerate(groups)]

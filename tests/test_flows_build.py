@@ -9,9 +9,9 @@ import torch
 import yaml
 from test_generators_idiff import tiny_config
 
-from flows.config import load_recipe
-from flows.stages import build, start_run
-from generators.idiff_face.model import IDiffFaceModel
+from facefoundry.flows.config import load_recipe
+from facefoundry.flows.stages import build, start_run
+from facefoundry.generators.idiff_face.model import IDiffFaceModel
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def _digest(folder):
 
 
 def test_bad_generator_gives_a_truthful_report_and_reruns_skip(tiny_model, tmp_path):
-    from evaluation.report import write_report
+    from facefoundry.evaluation.report import write_report
 
     recipe = load_recipe(tiny_recipe(tmp_path, tiny_model))
     results = build(recipe, tmp_path / "runs")
@@ -93,7 +93,7 @@ def test_bad_generator_gives_a_truthful_report_and_reruns_skip(tiny_model, tmp_p
 
 
 def test_bad_recipe_key_fails_before_any_work(tmp_path, tiny_model):
-    from flows.cli import main
+    from facefoundry.flows.cli import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"name": "bad", "generate": {"stepz": 3}}))
@@ -106,10 +106,10 @@ def test_full_chain_on_real_faces_trains_and_evaluates(tiny_model, tmp_path, lfw
     filter -> shards -> train -> evaluate run for real."""
     import pyarrow.parquet as pq
 
-    from evaluation.lfw import image_name
-    from faces import get_detector, get_embedder, process_images
-    from shards.images import encode_face_jpeg
-    from shards.tarformat import encode_members
+    from facefoundry.evaluation.lfw import image_name
+    from facefoundry.faces import get_detector, get_embedder, process_images
+    from facefoundry.shards.images import encode_face_jpeg
+    from facefoundry.shards.tarformat import encode_members
 
     recipe = load_recipe(tiny_recipe(tmp_path, tiny_model))
     build(recipe, tmp_path / "runs", stop_after="generate")
@@ -148,7 +148,7 @@ def test_killed_build_resumes_without_losing_or_duplicating_samples(tiny_model, 
     command = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "facefoundry.flows.cli",
         "run",
         recipe,
         "--no-prefect",

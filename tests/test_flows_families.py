@@ -7,9 +7,9 @@ import torch
 import yaml
 from test_generators_idiff import tiny_config
 
-from flows.config import load_recipe
-from flows.stages import build, start_run
-from generators.idiff_face.model import IDiffFaceModel
+from facefoundry.flows.config import load_recipe
+from facefoundry.flows.stages import build, start_run
+from facefoundry.generators.idiff_face.model import IDiffFaceModel
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def run_generate(tmp_path, generate: dict):
 
 
 def test_id_booth_family_fine_tunes_and_generates_per_identity(tmp_path, idiff_model):
-    from generators.id_booth.tiny import make_tiny_sd
+    from facefoundry.generators.id_booth.tiny import make_tiny_sd
 
     base = make_tiny_sd(tmp_path / "sd", image_size=32)
     rows = run_generate(
@@ -68,7 +68,7 @@ def test_multi_id_family_generates_groups_and_records_rejects(tmp_path, idiff_mo
     from diffusers import DDPMScheduler
     from test_generators_multi_id import adapted
 
-    from generators.with_anyone.model import save_model
+    from facefoundry.generators.with_anyone.model import save_model
 
     unet, adapter = adapted(size=32)
     model = save_model(

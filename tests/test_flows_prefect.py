@@ -20,8 +20,8 @@ def test_build_dataset_flow_runs_stages_and_skips_on_rerun(harness, tmp_path):
     from test_flows_build import tiny_recipe
     from test_generators_idiff import tiny_config
 
-    from flows.flows import build_dataset
-    from generators.idiff_face.model import IDiffFaceModel
+    from facefoundry.flows.flows import build_dataset
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
 
     torch.manual_seed(0)
     IDiffFaceModel(tiny_config()).save_pretrained(tmp_path / "model")
@@ -43,7 +43,7 @@ def test_gpu_annotated_tasks_run_only_on_a_worker_with_a_gpu(harness):
     from prefect import flow, task
     from prefect_dask import DaskTaskRunner
 
-    from flows.flows import submit_all
+    from facefoundry.flows.flows import submit_all
 
     workers = {
         "cpu-worker": {"cls": Worker, "options": {"nthreads": 1, "name": "cpu-worker"}},

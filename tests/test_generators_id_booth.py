@@ -9,20 +9,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from evaluation.backbones import get_model
-from generators.denoise import predicted_x0
-from generators.id_booth.base import BasePipelineError, check_base_folder, load_base
-from generators.id_booth.identity_loss import (
+from facefoundry.evaluation.backbones import get_model
+from facefoundry.generators.denoise import predicted_x0
+from facefoundry.generators.id_booth.base import BasePipelineError, check_base_folder, load_base
+from facefoundry.generators.id_booth.identity_loss import (
     similarity_matrix,
     timestep_weights,
     triplet_loss,
     warp_to_template,
 )
-from generators.id_booth.lora import load_lora, save_lora, snapshot
-from generators.id_booth.sample import sample_images
-from generators.id_booth.settings import IDBoothSettings
-from generators.id_booth.tiny import make_tiny_sd
-from generators.id_booth.train import IDBoothTrainer
+from facefoundry.generators.id_booth.lora import load_lora, save_lora, snapshot
+from facefoundry.generators.id_booth.sample import sample_images
+from facefoundry.generators.id_booth.settings import IDBoothSettings
+from facefoundry.generators.id_booth.tiny import make_tiny_sd
+from facefoundry.generators.id_booth.train import IDBoothTrainer
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def tiny_sd(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_faces(lfw):
     """Six real LFW faces aligned to the template (three people, two photos each)."""
-    from faces import align_face, decode_image, get_detector, select_face
+    from facefoundry.faces import align_face, decode_image, get_detector, select_face
 
     detector = get_detector("yunet")
     names = [
@@ -128,8 +128,8 @@ def test_predicted_x0_inverts_add_noise():
 
 
 def test_differentiable_crop_matches_the_aligner_and_keeps_the_gradient(lfw):
-    from faces import align_face, decode_image, get_detector, select_face
-    from faces.align import ARCFACE_TEMPLATE
+    from facefoundry.faces import align_face, decode_image, get_detector, select_face
+    from facefoundry.faces.align import ARCFACE_TEMPLATE
 
     name = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
     image = decode_image(lfw.read(name), name)
@@ -214,9 +214,9 @@ def test_generate_chunk_writes_the_stage_contract_and_reuses_adapters(
 ):
     from PIL import Image
 
-    from generators.id_booth.generate import generate_chunk
-    from generators.identities import make_identities
-    from generators.settings import GenerateSettings
+    from facefoundry.generators.id_booth.generate import generate_chunk
+    from facefoundry.generators.identities import make_identities
+    from facefoundry.generators.settings import GenerateSettings
 
     references = tmp_path / "refs"
     for person in range(2):

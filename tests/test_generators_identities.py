@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from generators.identities import IdentityTable, make_identities, sample_separated
-from generators.seeds import sample_seed
+from facefoundry.generators.identities import IdentityTable, make_identities, sample_separated
+from facefoundry.generators.seeds import sample_seed
 
 
 def test_separated_identities_respect_the_bound():
@@ -54,7 +54,7 @@ def test_sample_seeds_depend_only_on_recipe_identity_and_index():
 
 
 def test_fitted_identities_follow_the_prior_and_the_separation_bound(tmp_path):
-    from generators.identities import PRIOR_FILE, make_identities, save_identity_prior
+    from facefoundry.generators.identities import PRIOR_FILE, make_identities, save_identity_prior
 
     rng = np.random.default_rng(0)
     direction = np.zeros(16, np.float32)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from generators.idiff_face.config import IDiffFaceConfig
-from generators.idiff_face.model import (
+from facefoundry.generators.idiff_face.config import IDiffFaceConfig
+from facefoundry.generators.idiff_face.model import (
     IDiffFaceModel,
     ModelFolderError,
     contextual_partial_dropout,
 )
-from generators.idiff_face.pipeline import IDiffFacePipeline
-from generators.idiff_face.train import Trainer, TrainSettings
-from generators.training_data import FaceTrainingSet
+from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
+from facefoundry.generators.idiff_face.train import Trainer, TrainSettings
+from facefoundry.generators.training_data import FaceTrainingSet
 
 
 def tiny_config(**overrides) -> IDiffFaceConfig:

@@ -12,20 +12,20 @@ import pytest
 import torch
 from torch import nn
 
-from generators.with_anyone.attention import (
+from facefoundry.generators.with_anyone.attention import (
     adapter_parameters,
     install_identity_adapter,
     remove_identity_adapter,
 )
-from generators.with_anyone.layout import box_masks, sample_layout, validate_layout
-from generators.with_anyone.losses import (
+from facefoundry.generators.with_anyone.layout import box_masks, sample_layout, validate_layout
+from facefoundry.generators.with_anyone.losses import (
     crop_faces,
     hungarian,
     identity_loss,
     info_nce,
     low_noise_weight,
 )
-from generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.with_anyone.settings import MultiIdSettings
 
 ID_DIM = 128
 BOXES = [[0.05, 0.05, 0.45, 0.45], [0.55, 0.55, 0.95, 0.95]]
@@ -194,8 +194,8 @@ def test_layouts_are_seeded_and_bad_layouts_are_rejected():
 def test_crop_back_emits_exactly_the_assigned_faces(lfw):
     import cv2
 
-    from evaluation.lfw import image_name
-    from faces import align_face, decode_image, get_detector, get_embedder, select_face
+    from facefoundry.evaluation.lfw import image_name
+    from facefoundry.faces import align_face, decode_image, get_detector, get_embedder, select_face
 
     detector, embedder = get_detector("yunet"), get_embedder("sface")
     people = ["Colin_Powell", "Serena_Williams", "George_W_Bush"]
@@ -212,7 +212,7 @@ def test_crop_back_emits_exactly_the_assigned_faces(lfw):
     boxes = [[x / 480, y / 480, (x + 220) / 480, (y + 220) / 480] for x, y in corners]
     empty = [0.0, 0.55, 0.2, 0.75]  # a fourth identity whose box holds no face
     fourth = np.random.default_rng(0).standard_normal(128).astype(np.float32)
-    from generators.with_anyone.generate import crop_back
+    from facefoundry.generators.with_anyone.generate import crop_back
 
     samples, rejects = crop_back(
         canvas, np.array(boxes + [empty]), np.vstack([vectors, fourth]), detector, embedder, "g0"
@@ -236,7 +236,7 @@ def test_crop_back_emits_exactly_the_assigned_faces(lfw):
 
 
 def _batch(k=2, b=2, size=16, seed=0):
-    from generators.with_anyone.train import MultiIdBatch
+    from facefoundry.generators.with_anyone.train import MultiIdBatch
 
     g = torch.Generator().manual_seed(seed)
     return MultiIdBatch(
@@ -249,7 +249,7 @@ def _batch(k=2, b=2, size=16, seed=0):
 def test_training_steps_change_only_the_adapter():
     from diffusers import DDPMScheduler
 
-    from generators.with_anyone.train import make_optimizer, training_step
+    from facefoundry.generators.with_anyone.train import make_optimizer, training_step
 
     unet, adapter = adapted(live=False)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
@@ -277,7 +277,7 @@ def test_training_steps_change_only_the_adapter():
 def test_latent_training_step_decodes_x0_through_the_vae():
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    from generators.with_anyone.train import make_optimizer, training_step
+    from facefoundry.generators.with_anyone.train import make_optimizer, training_step
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
@@ -300,7 +300,7 @@ def test_latent_training_step_decodes_x0_through_the_vae():
 
 
 def test_adapter_save_load_round_trip(tmp_path):
-    from generators.with_anyone.train import load_adapter, save_adapter
+    from facefoundry.generators.with_anyone.train import load_adapter, save_adapter
 
     unet, adapter = adapted(seed=0)
     ids, boxes = torch.randn(1, 2, ID_DIM), torch.tensor([BOXES])
@@ -317,10 +317,10 @@ def test_sampling_and_generate_chunk_record_rejects(tmp_path):
     import pyarrow.parquet as pq
     from diffusers import DDPMScheduler
 
-    from generators.identities import make_identities
-    from generators.with_anyone.generate import generate_chunk, sample_groups
-    from generators.with_anyone.model import make_sampler, save_model
-    from shards.tarformat import iter_members
+    from facefoundry.generators.identities import make_identities
+    from facefoundry.generators.with_anyone.generate import generate_chunk, sample_groups
+    from facefoundry.generators.with_anyone.model import make_sampler, save_model
+    from facefoundry.shards.tarformat import iter_members
 
     unet, adapter = adapted(size=32)
     scheduler = DDPMScheduler(prediction_type="v_prediction")

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from test_generators_multi_id import ID_DIM, adapted, tiny_id_network
 
-from generators.training_data import FaceTrainingSet
-from generators.with_anyone.group_data import GroupCanvasSet
-from generators.with_anyone.layout import validate_layout
-from generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.training_data import FaceTrainingSet
+from facefoundry.generators.with_anyone.group_data import GroupCanvasSet
+from facefoundry.generators.with_anyone.layout import validate_layout
+from facefoundry.generators.with_anyone.settings import MultiIdSettings
 
 
 def face_set(people: int = 8, per_person: int = 2, size: int = 16, dim: int = ID_DIM, seed=0):
@@ -70,7 +70,7 @@ def test_group_canvas_pastes_k_different_people_at_their_boxes():
 def _model_folder(tmp_path):
     from diffusers import DDPMScheduler
 
-    from generators.with_anyone.model import save_model
+    from facefoundry.generators.with_anyone.model import save_model
 
     unet, adapter = adapted(live=False)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
@@ -83,7 +83,7 @@ SETTINGS = MultiIdSettings(
 
 
 def _fit(model, out, steps, checkpoint_every=100):
-    from generators.with_anyone.fit import fit_adapter
+    from facefoundry.generators.with_anyone.fit import fit_adapter
 
     return fit_adapter(
         model, face_set(), out, tiny_id_network(), steps=steps, batch_size=2,
@@ -93,7 +93,7 @@ def _fit(model, out, steps, checkpoint_every=100):
 
 
 def test_fit_adapter_trains_only_the_adapter_and_writes_model_and_history(tmp_path):
-    from generators.with_anyone.model import load_model
+    from facefoundry.generators.with_anyone.model import load_model
 
     base = _model_folder(tmp_path)
     out = _fit(base, tmp_path / "run", steps=3, checkpoint_every=2)
@@ -117,7 +117,7 @@ def test_fit_adapter_trains_only_the_adapter_and_writes_model_and_history(tmp_pa
 
 
 def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
-    from generators.with_anyone.model import load_model
+    from facefoundry.generators.with_anyone.model import load_model
 
     base = _model_folder(tmp_path)
     straight = _fit(base, tmp_path / "straight", steps=4)
@@ -132,7 +132,7 @@ def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
 
 
 def test_cli_init_and_train_multi_id(tmp_path, capsys, caplog):
-    from flows.cli import main
+    from facefoundry.flows.cli import main
 
     data = face_set(dim=16).save(tmp_path / "faces.npz")
     model, out = tmp_path / "model", tmp_path / "run"

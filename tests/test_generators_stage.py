@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_generators_idiff import tiny_config
 
-from flows.cli import main
-from generators.idiff_face.model import IDiffFaceModel
+from facefoundry.flows.cli import main
+from facefoundry.generators.idiff_face.model import IDiffFaceModel
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_identity_dimension_mismatch_is_a_clear_error(tiny_model_dir, tmp_path):
 def test_out_of_memory_halves_the_batch_and_keeps_the_images(tiny_model_dir):
     import numpy as np
 
-    from generators.idiff_face.generate import sample_with_backoff
-    from generators.idiff_face.pipeline import IDiffFacePipeline
-    from generators.settings import GenerateSettings
+    from facefoundry.generators.idiff_face.generate import sample_with_backoff
+    from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
+    from facefoundry.generators.settings import GenerateSettings
 
     class SmallMemoryPipeline(IDiffFacePipeline):
         """Raises CUDA's out-of-memory error for batches above 2, like a small GPU."""
@@ -142,7 +142,7 @@ def test_model_checksum_ignores_training_logs_but_not_weights(tmp_path):
     import shutil
     from pathlib import Path
 
-    from generators.idiff_face.generate import model_checksum
+    from facefoundry.generators.idiff_face.generate import model_checksum
 
     model = tmp_path / "model"
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "idiff-face-lfw", model)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from faces import get_embedder
+from facefoundry.faces import get_embedder
 
 
 class TinyRecognizer(torch.nn.Module):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from evaluation.binset import bin_folds, read_bin, write_bin
-from evaluation.protocol import (
+from facefoundry.evaluation.binset import bin_folds, read_bin, write_bin
+from facefoundry.evaluation.protocol import (
     equal_error_rate,
     read_pairs,
     roc_auc,
@@ -82,7 +82,7 @@ def test_pairs_files_parse_with_folds(tmp_path):
 def test_bin_round_trip_and_scoring(tmp_path):
     import cv2
 
-    from evaluation.verify import evaluate_bin
+    from facefoundry.evaluation.verify import evaluate_bin
 
     rng = np.random.default_rng(5)
     encoded, issame = [], []

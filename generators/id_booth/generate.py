@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generators.id_booth.settings import IDBoothSettings
-from generators.seeds import sample_seed
+from facefoundry.generators.id_booth.settings import IDBoothSettings
+from facefoundry.generators.seeds import sample_seed
 
 logger = logging.getLogger(__name__)
 _BASES: dict = {}
@@ -28,7 +28,7 @@ _LOCK = threading.Lock()
 
 def load_base_once(folder: str, device: str):
     """One base pipeline per process (per Dask worker), shared by every identity."""
-    from generators.id_booth.base import load_base
+    from facefoundry.generators.id_booth.base import load_base
 
     with _LOCK:
         key = (str(folder), device)
@@ -38,7 +38,7 @@ def load_base_once(folder: str, device: str):
 
 
 def _read_images(paths: list[Path]) -> np.ndarray:
-    from faces.io import load_image
+    from facefoundry.faces.io import load_image
 
     return np.stack([load_image(p) for p in paths])
 
@@ -55,7 +55,7 @@ def prior_class_images(base, settings: IDBoothSettings, cache_dir: Path, seed: i
         return _read_images(paths)
     from PIL import Image
 
-    from generators.id_booth.sample import sample_images
+    from facefoundry.generators.id_booth.sample import sample_images
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = [cache_dir / f"prior-{i:05d}.png" for i in range(settings.prior_count)]
@@ -97,8 +97,8 @@ def reference_images(
             )
         paths = sorted(p for p in folders[row].iterdir() if p.suffix.lower() in (".jpg", ".png"))
         return _read_images(paths[: settings.references_per_identity])
-    from generators.idiff_face.generate import load_pipeline
-    from generators.settings import GenerateSettings
+    from facefoundry.generators.idiff_face.generate import load_pipeline
+    from facefoundry.generators.settings import GenerateSettings
 
     pipeline, _ = load_pipeline(GenerateSettings(model=idiff_model))
     count = settings.references_per_identity
@@ -119,13 +119,13 @@ def generate_chunk(
     progress: bool = False,
 ) -> Path:
     """ID-Booth images for one chunk; ``settings`` is the recipe's GenerateSettings."""
-    from generators.chunks import chunk_identities, write_chunk
-    from generators.id_booth.lora import WEIGHTS_FILE, drop_lora, load_lora
-    from generators.id_booth.prompts import variation_prompts
-    from generators.id_booth.sample import sample_images
-    from generators.id_booth.train import IDBoothTrainer
-    from generators.idiff_face.generate import chunk_paths
-    from shards.layout import make_key
+    from facefoundry.generators.chunks import chunk_identities, write_chunk
+    from facefoundry.generators.id_booth.lora import WEIGHTS_FILE, drop_lora, load_lora
+    from facefoundry.generators.id_booth.prompts import variation_prompts
+    from facefoundry.generators.id_booth.sample import sample_images
+    from facefoundry.generators.id_booth.train import IDBoothTrainer
+    from facefoundry.generators.idiff_face.generate import chunk_paths
+    from facefoundry.shards.layout import make_key
 
     booth: IDBoothSettings = settings.id_booth
     out_dir = Path(out_dir)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faces.align import ARCFACE_TEMPLATE
+from facefoundry.faces.align import ARCFACE_TEMPLATE
 
 ALIGNED = 112
 
@@ -91,7 +91,7 @@ def locate_faces(images: torch.Tensor, mode: str, detector=None) -> list[np.ndar
     resolution = images.shape[-1]
     if mode == "aligned":
         return [aligned_matrix(resolution) for _ in range(len(images))]
-    from faces.detect import select_face
+    from facefoundry.faces.detect import select_face
 
     pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from generators.id_booth.settings import BACKGROUNDS, EXPRESSIONS, LIGHTING, POSES
+from facefoundry.generators.id_booth.settings import BACKGROUNDS, EXPRESSIONS, LIGHTING, POSES
 
 
 @dataclass

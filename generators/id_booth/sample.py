@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from generators.id_booth.prompts import PromptEmbeddings, encode_prompts
-from generators.seeds import generators_for
+from facefoundry.generators.id_booth.prompts import PromptEmbeddings, encode_prompts
+from facefoundry.generators.seeds import generators_for
 
 SCHEDULERS = {
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),

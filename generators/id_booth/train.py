@@ -17,18 +17,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generators.denoise import predicted_x0
-from generators.id_booth.identity_loss import (
+from facefoundry.generators.denoise import predicted_x0
+from facefoundry.generators.id_booth.identity_loss import (
     embed_crops,
     locate_faces,
     timestep_weights,
     triplet_loss,
     warp_to_template,
 )
-from generators.id_booth.lora import add_lora, drop_lora, save_lora
-from generators.id_booth.prompts import PromptEmbeddings, encode_prompts, instance_prompt
-from generators.id_booth.settings import IDBoothSettings
-from generators.seeds import sample_seed
+from facefoundry.generators.id_booth.lora import add_lora, drop_lora, save_lora
+from facefoundry.generators.id_booth.prompts import (
+    PromptEmbeddings,
+    encode_prompts,
+    instance_prompt,
+)
+from facefoundry.generators.id_booth.settings import IDBoothSettings
+from facefoundry.generators.seeds import sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ class IDBoothTrainer:
             identity_model.requires_grad_(False)
             identity_model.eval().to(self.device)
         if settings.face_crop == "detect" and detector is None and identity_model is not None:
-            from faces.detect import get_detector
+            from facefoundry.faces.detect import get_detector
 
             detector = get_detector("yunet")
         self.detector = detector

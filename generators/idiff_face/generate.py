@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from generators.seeds import sample_seed
-from generators.settings import GenerateSettings
+from facefoundry.generators.seeds import sample_seed
+from facefoundry.generators.settings import GenerateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def load_pipeline(settings: GenerateSettings):
 def _load_locked(key: tuple, settings: GenerateSettings):
     import torch
 
-    from generators.idiff_face.pipeline import IDiffFacePipeline
+    from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
 
     if key not in _PIPELINES:
         device = settings.device
@@ -120,8 +120,8 @@ def generate_chunk(
     progress: bool = False,
 ) -> Path:
     """Generate ``samples_per_identity`` images for each identity of one chunk."""
-    from generators.chunks import chunk_identities, write_chunk
-    from shards.layout import make_key
+    from facefoundry.generators.chunks import chunk_identities, write_chunk
+    from facefoundry.shards.layout import make_key
 
     tar_path, parquet_path = chunk_paths(out_dir, part)
     if parquet_path.is_file():

@@ -18,7 +18,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from generators.idiff_face.config import IDiffFaceConfig
+from facefoundry.generators.idiff_face.config import IDiffFaceConfig
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generators.idiff_face.model import IDiffFaceModel
-from generators.idiff_face.schedule import make_sampler
-from generators.seeds import generators_for
+from facefoundry.generators.idiff_face.model import IDiffFaceModel
+from facefoundry.generators.idiff_face.schedule import make_sampler
+from facefoundry.generators.seeds import generators_for
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from generators.idiff_face.config import IDiffFaceConfig
+from facefoundry.generators.idiff_face.config import IDiffFaceConfig
 
 SCHEDULERS = ("ddpm", "ddim", "dpmsolver++", "unipc")
 

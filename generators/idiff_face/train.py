@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from generators.identities import PRIOR_FILE, save_identity_prior
-from generators.idiff_face.config import IDiffFaceConfig
-from generators.idiff_face.model import IDiffFaceModel
-from generators.idiff_face.schedule import min_snr_weights, training_scheduler
-from generators.seeds import sample_seed
-from generators.training_data import FaceTrainingSet
+from facefoundry.generators.identities import PRIOR_FILE, save_identity_prior
+from facefoundry.generators.idiff_face.config import IDiffFaceConfig
+from facefoundry.generators.idiff_face.model import IDiffFaceModel
+from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
+from facefoundry.generators.seeds import sample_seed
+from facefoundry.generators.training_data import FaceTrainingSet
 
 logger = logging.getLogger(__name__)
 

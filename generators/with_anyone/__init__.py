@@ -7,6 +7,6 @@ cropped from the predicted clean image (``losses``, ``train``); ``generate`` sam
 images and crops them back into per-identity aligned faces for the dataset stages.
 """
 
-from generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.with_anyone.settings import MultiIdSettings
 
 __all__ = ["MultiIdSettings"]

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from generators.with_anyone.identity_tokens import IdentityTokenizer
-from generators.with_anyone.layout import box_masks
+from facefoundry.generators.with_anyone.identity_tokens import IdentityTokenizer
+from facefoundry.generators.with_anyone.layout import box_masks
 
 
 @dataclass

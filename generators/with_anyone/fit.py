@@ -22,13 +22,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from generators.seeds import sample_seed
-from generators.training_data import FaceTrainingSet
-from generators.with_anyone.attention import install_identity_adapter
-from generators.with_anyone.group_data import GroupCanvasSet
-from generators.with_anyone.model import load_model, save_model
-from generators.with_anyone.settings import MultiIdSettings
-from generators.with_anyone.train import make_optimizer, training_step
+from facefoundry.generators.seeds import sample_seed
+from facefoundry.generators.training_data import FaceTrainingSet
+from facefoundry.generators.with_anyone.attention import install_identity_adapter
+from facefoundry.generators.with_anyone.group_data import GroupCanvasSet
+from facefoundry.generators.with_anyone.model import load_model, save_model
+from facefoundry.generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.with_anyone.train import make_optimizer, training_step
 
 logger = logging.getLogger(__name__)
 

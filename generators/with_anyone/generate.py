@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generators.seeds import generators_for, sample_seed
-from generators.with_anyone.attention import IdentityAdapter
-from generators.with_anyone.layout import layout_seed, sample_layout, validate_layout
-from generators.with_anyone.losses import hungarian
-from generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.seeds import generators_for, sample_seed
+from facefoundry.generators.with_anyone.attention import IdentityAdapter
+from facefoundry.generators.with_anyone.layout import layout_seed, sample_layout, validate_layout
+from facefoundry.generators.with_anyone.losses import hungarian
+from facefoundry.generators.with_anyone.settings import MultiIdSettings
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def crop_back(
     may only match an identity whose box it passes (``gate``: its centre inside the box,
     or IoU >= ``min_iou``); among those the Hungarian assignment maximises similarity.
     """
-    from faces.align import align_face
+    from facefoundry.faces.align import align_face
 
     height, width = image.shape[:2]
     scale = np.array([width, height, width, height], dtype=np.float64)
@@ -214,8 +214,8 @@ _LOCK = threading.Lock()
 
 def load_generator(settings: MultiIdSettings):
     """(unet, adapter, training scheduler, vae, checksum), once per process."""
-    from generators.idiff_face.generate import model_checksum
-    from generators.with_anyone.model import load_model
+    from facefoundry.generators.idiff_face.generate import model_checksum
+    from facefoundry.generators.with_anyone.model import load_model
 
     key = (settings.model, settings.device, settings.dtype)
     with _LOCK:
@@ -317,10 +317,10 @@ def generate_chunk(
     of its first (lead) identity, its layout seed ``layout_seed(recipe_seed, lead, sample)``.
     """
 
-    from faces import get_detector, get_embedder
-    from generators.chunks import chunk_identities, write_chunk
-    from generators.with_anyone.model import make_sampler
-    from shards.layout import make_key
+    from facefoundry.faces import get_detector, get_embedder
+    from facefoundry.generators.chunks import chunk_identities, write_chunk
+    from facefoundry.generators.with_anyone.model import make_sampler
+    from facefoundry.shards.layout import make_key
 
     tar_path, parquet_path, rejects_path = chunk_paths(out_dir, part)
     if parquet_path.is_file():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from generators.seeds import sample_seed
+from facefoundry.generators.seeds import sample_seed
 
 
 def layout_seed(recipe_seed: int, group: int, sample: int) -> int:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from generators import denoise
+from facefoundry.generators import denoise
 
 
 def crop_faces(images: torch.Tensor, boxes: torch.Tensor, size: int = 112) -> torch.Tensor:

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from generators.with_anyone.attention import (
+from facefoundry.generators.with_anyone.attention import (
     IdentityAdapter,
     install_identity_adapter,
     remove_identity_adapter,
 )
-from generators.with_anyone.identity_tokens import IdentityTokenizer
+from facefoundry.generators.with_anyone.identity_tokens import IdentityTokenizer
 
 CONFIG_NAME = "multi_id.json"
 ADAPTER_NAME = "adapter.safetensors"

@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.with_anyone.attention import IdentityAdapter, adapter_parameters
-from generators.with_anyone.losses import (
+from facefoundry.generators.with_anyone.attention import IdentityAdapter, adapter_parameters
+from facefoundry.generators.with_anyone.losses import (
     crop_faces,
     identity_loss,
     info_nce,
     low_noise_weight,
     predicted_x0,
 )
-from generators.with_anyone.model import load_adapter, save_adapter
-from generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.with_anyone.model import load_adapter, save_adapter
+from facefoundry.generators.with_anyone.settings import MultiIdSettings
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""IDiff-Face: identity-conditioned diffusion (model, trainer, samplers, pipeline, stage)."""
