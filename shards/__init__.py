@@ -4,8 +4,8 @@ Public names (imported lazily, so writers do not pay for torch/webdataset):
 
 Writing
     ShardSettings, ShardSample, make_key, encode_face_jpeg,
-    write_split, write_block, identity_blocks, block_of, BlockResult, SplitResult,
-    finalize
+    write_split, write_block, identity_blocks, block_of, label_map, BlockResult,
+    SplitResult, finalize
 Reading
     stream_dataset, make_loader, face_to_float, decode_face, shard_urls,
     IndexedShards, load_labels, read_manifests, manifests_dask
@@ -15,13 +15,15 @@ Errors
     ShardError, EmptyDatasetError, SampleOrderError, ResumeMismatchError,
     UnsafeTarError, FinalizeError
 
-This package is a leaf: it imports no other facefoundry package.
+This package is a leaf: it imports no other facefoundry stage package.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+if __name__ != "facefoundry.shards":  # one import name, never two copies of a module
+    raise ImportError("this package is installed as facefoundry.shards: import that")
+
+from facefoundry._lazy import lazy_exports
 
 _EXPORTS = {
     "ShardSettings": "settings",
@@ -34,14 +36,15 @@ _EXPORTS = {
     "write_block": "writer",
     "BlockResult": "writer",
     "SplitResult": "writer",
+    "label_map": "labels",
     "finalize": "finalize",
     "stream_dataset": "reader",
     "make_loader": "reader",
     "face_to_float": "reader",
-    "decode_face": "reader",
+    "decode_face": "decode",
     "shard_urls": "reader",
     "IndexedShards": "index",
-    "load_labels": "index",
+    "load_labels": "labels",
     "read_manifests": "manifest",
     "manifests_dask": "manifest",
     "verify_dataset": "verify",
@@ -53,20 +56,8 @@ _EXPORTS = {
     "SampleOrderError": "errors",
     "ResumeMismatchError": "errors",
     "UnsafeTarError": "errors",
+    "DamagedShardError": "errors",
     "FinalizeError": "errors",
 }
-
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shards' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from facefoundry.errors import FacefoundryError
 
-class ShardError(Exception):
+
+class ShardError(FacefoundryError):
     """Base class for every error raised by shards/."""
 
 
@@ -38,3 +40,8 @@ class FinalizeError(ShardError):
         self.problems = list(problems)
         head = f"finalize found {len(self.problems)} problem(s):\n  " + "\n  ".join(self.problems)
         super().__init__(head)
+
+
+class DamagedShardError(ShardError):
+    """A shard that is missing, truncated or altered since it was written; the message
+    names the shard and what differs."""

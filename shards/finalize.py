@@ -1,12 +1,13 @@
-"""Finalize: after all writers are done, check completeness, assign labels, write dataset files.
+"""Finalize: after all writers are done, check completeness and labels, write dataset files.
 
 Reads every block marker and shard stats file, refuses (``FinalizeError``,
 listing every problem) when a block is incomplete, a shard is partial or
 leftover temporary files exist, then:
 
-1. assigns labels 0..C-1 to the identities with at least one kept sample
-   (ascending identity id, over all splits) and fills the manifests'
-   ``label`` column (each manifest rewritten atomically, only if it changed);
+1. checks, without rewriting anything, that the labels the writers wrote
+   (``{key}.cls`` and the manifests' ``label`` column) are the label map of
+   the identities with at least one kept sample, over all splits: ascending
+   identity id -> 0..C-1 (``labels.label_map``);
 2. writes ``labels.json``, ``sizes.json``, ``{split}.index.json`` and
    finally ``dataset.json``, the dataset's completion marker.
 
@@ -29,7 +30,6 @@ import pyarrow.compute as pc
 
 from .atomic import read_json, write_json_atomic
 from .errors import EmptyDatasetError, FinalizeError
-from .index import write_index
 from .layout import (
     BLOCKS_DIR,
     DATASET_JSON,
@@ -44,16 +44,18 @@ from .layout import (
     tar_path,
     temporary_files,
 )
-from .manifest import read_manifest, write_manifest_table
+from .manifest import read_manifest
 from .settings import ShardSettings
+from .widsindex import write_index
 from .writer import FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
 
 KEY_SCHEME = "{identity:07d}_{sample:04d} (shards.make_key); keys are unique, without dots"
 MEMBERS = {
+    "cls": "class label 0..C-1, ASCII decimal (labels.json's index of the identity)",
     "jpg": "aligned face, JPEG, RGB, face_size x face_size pixels",
-    "id": "identity id, ASCII decimal; the label is labels.json's index of it",
+    "id": "identity id, ASCII decimal",
     "json": "provenance and scores (identity, generator, seed, prompt, det_score, "
     "centroid_cos, metadata)",
     "full.png | full.jpg": "optional full generated image",
@@ -98,6 +100,11 @@ def collect_shards(
                 problems.append(f"{stem}: listed by {marker_file.name} but has no stats file")
                 continue
             stats = read_json(stats_file)
+            if stats.get("format_version") != FORMAT_VERSION:
+                problems.append(
+                    f"{stem}: written by shard format version {stats.get('format_version')}, "
+                    f"not {FORMAT_VERSION} (labels in the tars); rewrite the shards"
+                )
             for path in (tar_path(directory, stem), manifest_path(directory, stem)):
                 if not path.exists():
                     problems.append(f"{path}: missing")
@@ -158,6 +165,34 @@ def _kept_values(tables: list[pa.Table], column: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.array([], dtype=np.float64)
 
 
+def _label_problems(
+    splits: Mapping[str, list[dict[str, Any]]],
+    tables: Mapping[str, list[pa.Table]],
+    identities: pa.Array,
+) -> list[str]:
+    """Shards whose written labels are not the label map of all kept identities."""
+    problems = []
+    for split, stats in splits.items():
+        for s, table in zip(stats, tables[split], strict=True):
+            expected = pc.index_in(table["identity"], value_set=identities).cast(pa.int32())
+            written = table["label"].cast(pa.int32())
+            if written.equals(expected):
+                continue
+            differs = pc.invert(pc.fill_null(pc.equal(written, expected), False))
+            both_null = pc.and_(pc.is_null(written), pc.is_null(expected))
+            bad = table.filter(pc.and_(differs, pc.invert(both_null)))
+            row = bad.slice(0, 1).to_pylist()[0]
+            want = pc.index_in(pa.array([row["identity"]]), value_set=identities)[0].as_py()
+            problems.append(
+                f"{s['shard']}: {bad.num_rows} row(s) with labels other than the label map of "
+                f"all kept identities (sorted ids -> 0..{len(identities) - 1}), e.g. "
+                f"{row['key']} (identity {row['identity']}) has {row['label']}, expected {want}; "
+                "the writers had different label maps or not every kept identity: rewrite with "
+                "labels=shards.label_map(kept identity ids of every split)"
+            )
+    return problems
+
+
 def finalize(
     directory: Path | str,
     *,
@@ -184,7 +219,7 @@ def finalize(
     if not splits:
         raise EmptyDatasetError(f"{directory} holds no shards: write some before finalize")
 
-    columns = ["key", "identity", "kept", "det_score", "centroid_cos"]
+    columns = ["key", "identity", "label", "kept", "det_score", "centroid_cos"]
     tables = {
         split: [read_manifest(manifest_path(directory, s["shard"]), columns) for s in stats]
         for split, stats in splits.items()
@@ -208,14 +243,9 @@ def finalize(
     if class_count == 0:
         raise EmptyDatasetError(f"{directory}: no kept samples in any split")
 
-    for stats in splits.values():
-        for s in stats:
-            path = manifest_path(directory, s["shard"])
-            table = read_manifest(path)
-            labels = pc.index_in(table["identity"], value_set=identities).cast(pa.int32())
-            if not table["label"].equals(labels):
-                table = table.set_column(table.schema.get_field_index("label"), "label", labels)
-                write_manifest_table(table, path, fsync=settings.fsync)
+    problems = _label_problems(splits, tables, identities)
+    if problems:
+        raise FinalizeError(problems)
 
     per_class = Counter(kept_ids.to_pylist())
     class_sizes = np.array(sorted(per_class.values()), dtype=np.float64)

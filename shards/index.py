@@ -1,11 +1,8 @@
-"""Random access: the wids-compatible index JSON and a reader that goes through it.
+"""Random access through a split's wids index (``{split}.index.json``, see ``widsindex``).
 
-``{split}.index.json`` follows wids' ``wids-shard-index-v1`` format: a
-``shardlist`` of ``{"url", "nsamples", "filesize"}`` with urls relative to
-the index file, so ``wids.ShardListDataset("DIR/train.index.json")`` works on
-it directly. ``IndexedShards`` reads the same file without wids: it scans each
-shard's headers once (with the safety checks) and then serves any sample by
-global index with ``os.pread``.
+``IndexedShards`` reads the index without wids: it scans each shard's headers
+once (with the safety checks) and then serves any sample by global index with
+``os.pread``. ``wids.ShardListDataset`` works on the same index file.
 """
 
 from __future__ import annotations
@@ -13,47 +10,16 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import read_json, write_json_atomic
-from .layout import LABELS_JSON, index_path
+from .atomic import read_json
+from .decode import decode_face
+from .labels import load_labels, sample_label
 from .safety import DEFAULT_MAX_MEMBER_BYTES
 from .tarformat import iter_members, split_name
 
 logger = logging.getLogger(__name__)
-
-INDEX_KIND = "wids-shard-index-v1"
-
-
-def build_index(split: str, shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The index document for a split from the shards' stats (``shard``, ``n_kept``, ``tar_bytes``)."""
-    return {
-        "__kind__": INDEX_KIND,
-        "wids_version": 1,
-        "name": f"facefoundry-{split}",
-        "shardlist": [
-            {"url": f"{s['shard']}.tar", "nsamples": s["n_kept"], "filesize": s["tar_bytes"]}
-            for s in shards
-        ],
-    }
-
-
-def write_index(
-    directory: Path, split: str, shards: Sequence[dict[str, Any]], *, fsync: bool
-) -> Path:
-    """Write ``{split}.index.json`` atomically."""
-    return write_json_atomic(index_path(directory, split), build_index(split, shards), fsync=fsync)
-
-
-def load_labels(directory: Path | str) -> dict[int, int]:
-    """identity id -> contiguous label, from ``labels.json`` (written by finalize)."""
-    path = Path(directory) / LABELS_JSON
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run shards.finalize on the directory first")
-    doc = read_json(path)
-    return {int(identity): label for label, identity in enumerate(doc["identity_of_label"])}
 
 
 class IndexedShards:
@@ -89,7 +55,7 @@ class IndexedShards:
         self.total = total
         self.decode = decode
         self.max_member_bytes = max_member_bytes
-        self.labels = load_labels(self.root) if decode else None
+        self._labels: dict[int, int] | None = None  # only for shards without .cls members
         self._members: dict[int, list[tuple[str, list[tuple[str, int, int]]]]] = {}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -148,10 +114,9 @@ class IndexedShards:
         sample = self.raw(index)
         if not self.decode:
             return sample
-        from .reader import decode_face
-
-        assert self.labels is not None
-        return decode_face(sample["jpg"]), self.labels[int(sample["id"])]
+        if "cls" not in sample and self._labels is None:
+            self._labels = load_labels(self.root)
+        return decode_face(sample["jpg"]), sample_label(sample, self._labels)
 
     def close(self) -> None:
         for fd in self._fds.values():

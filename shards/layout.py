@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from facefoundry.atomic import TMP_MARK
+
 from .settings import ShardSettings
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -22,7 +24,6 @@ DATASET_JSON = "dataset.json"
 SIZES_JSON = "sizes.json"
 LABELS_JSON = "labels.json"
 BLOCKS_DIR = "_blocks"
-TMP_MARK = ".tmp-"
 
 
 def make_key(identity: int, sample: int) -> str:

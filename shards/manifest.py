@@ -8,8 +8,8 @@ split           string   split name
 shard           string   shard stem, e.g. ``train-000003``
 block           int32    identity block that wrote the shard
 identity        int64    synthetic identity id
-label           int32    contiguous class label 0..C-1; null until finalize, and for
-                         identities without kept samples
+label           int32    contiguous class label 0..C-1 (as in the tar's ``.cls``), written
+                         by the writer; null for identities without kept samples
 kept            bool     the filter's decision; only kept rows are in the tar
 reject_reason   string   why it was rejected (null when kept)
 generator       string   generator name
@@ -107,7 +107,7 @@ class ManifestWriter:
 
 
 def write_manifest_table(table: pa.Table, final: Path, *, fsync: bool = True) -> Path:
-    """Write a whole manifest table atomically (used when finalize fills in labels)."""
+    """Write a whole manifest table atomically (for repairs and tests; writers stream rows)."""
     with atomic_open(final, fsync=fsync) as f:
         pq.write_table(table.cast(SCHEMA), f, row_group_size=ROW_GROUP_ROWS, **_WRITE_OPTIONS)
     return final

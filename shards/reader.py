@@ -13,7 +13,6 @@ accelerator after the batch arrives.
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -23,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
 from .atomic import read_json
-from .errors import UnsafeTarError
-from .index import load_labels
-from .layout import DATASET_JSON
+from .decode import decode_face
+from .errors import DamagedShardError, UnsafeTarError
+from .labels import load_labels, sample_label
+from .layout import DATASET_JSON, SIZES_JSON, stats_path
 from .safety import DEFAULT_MAX_MEMBER_BYTES
 from .tarformat import iter_samples
 
@@ -37,24 +36,26 @@ logger = logging.getLogger(__name__)
 _READ_BUFFER = 1 << 20
 
 
-def shard_urls(directory: Path | str, split: str = "train") -> list[str]:
-    """Paths of a split's tars, from dataset.json (written by finalize)."""
-    directory = Path(directory)
+def _dataset_doc(directory: Path) -> dict[str, Any]:
     path = directory / DATASET_JSON
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run shards.finalize on the directory first")
-    splits = read_json(path)["splits"]
+    return read_json(path)
+
+
+def _urls(directory: Path, doc: dict[str, Any], split: str) -> list[str]:
+    splits = doc["splits"]
     if split not in splits:
-        raise KeyError(f"split {split!r} is not in {path} (has {sorted(splits)})")
+        raise KeyError(
+            f"split {split!r} is not in {directory / DATASET_JSON} (has {sorted(splits)})"
+        )
     return [str(directory / f"{stem}.tar") for stem in splits[split]["shards"]]
 
 
-def decode_face(data: bytes) -> torch.Tensor:
-    """JPEG bytes -> ``torch.uint8`` tensor H x W x 3, RGB, 0..255."""
-    image = Image.open(io.BytesIO(data), formats=["JPEG"])
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return torch.from_numpy(np.array(image))
+def shard_urls(directory: Path | str, split: str = "train") -> list[str]:
+    """Paths of a split's tars, from dataset.json (written by finalize)."""
+    directory = Path(directory)
+    return _urls(directory, _dataset_doc(directory), split)
 
 
 def face_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -69,19 +70,58 @@ def _open_shard(url: str) -> Any:
     return open(url, "rb", buffering=_READ_BUFFER)
 
 
-class SafeTarSamples:
-    """Stage: shard urls -> sample dicts, refusing unsafe members (see shards.safety)."""
+def check_shard_files(directory: Path, urls: list[str]) -> None:
+    """Before reading: every local shard exists and has the size its writer recorded, so a
+    truncated or altered shard fails at once, naming itself (``shards verify`` says more)."""
+    for url in urls:
+        if "://" in url or url.startswith("pipe:"):
+            continue  # remote: the sample count is checked while streaming
+        path = Path(url)
+        if not path.is_file():
+            raise DamagedShardError(
+                f"shard {path.name} is listed in {directory / DATASET_JSON} but missing"
+            )
+        stats = stats_path(directory, path.stem)
+        recorded = read_json(stats).get("tar_bytes") if stats.is_file() else None
+        actual = path.stat().st_size
+        if recorded is not None and actual != recorded:
+            raise DamagedShardError(
+                f"shard {path.name} is {actual} bytes but was written as {recorded}: it was "
+                "truncated or modified; run `facefoundry shards verify` and rewrite it"
+            )
 
-    def __init__(self, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> None:
+
+class SafeTarSamples:
+    """Stage: shard urls -> sample dicts, refusing unsafe members (see shards.safety) and
+    shards whose sample count differs from ``sizes.json`` (a cut or altered shard)."""
+
+    def __init__(
+        self,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+        expected: dict[str, int] | None = None,
+    ) -> None:
         self.max_member_bytes = max_member_bytes
+        self.expected = expected or {}
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for item in src:
             url = item["url"]
+            name = url.rsplit("/", 1)[-1]
+            count = 0
             with _open_shard(url) as f:
-                for sample in iter_samples(f, source=url, max_member_bytes=self.max_member_bytes):
+                samples = iter_samples(
+                    f, source=url, max_member_bytes=self.max_member_bytes, require_end=True
+                )
+                for sample in samples:
                     sample["__url__"] = url
+                    count += 1
                     yield sample
+            want = self.expected.get(name)
+            if want is not None and count != want:
+                raise DamagedShardError(
+                    f"shard {name} held {count} samples but sizes.json says {want}: it was "
+                    "truncated or modified; run `facefoundry shards verify`"
+                )
 
 
 class SampleShuffle:
@@ -109,9 +149,13 @@ class SampleShuffle:
 
 
 class Decode:
-    """Stage: sample dict -> ``(uint8 HWC tensor, label)`` (plus the key if asked)."""
+    """Stage: sample dict -> ``(uint8 HWC tensor, label)`` (plus the key if asked).
 
-    def __init__(self, labels: dict[int, int], with_key: bool, skip_bad: bool) -> None:
+    The label is the sample's ``.cls`` member; ``labels`` (identity -> label,
+    from labels.json) is only needed for shards written before ``.cls`` existed.
+    """
+
+    def __init__(self, labels: dict[int, int] | None, with_key: bool, skip_bad: bool) -> None:
         self.labels = labels
         self.with_key = with_key
         self.skip_bad = skip_bad
@@ -121,7 +165,7 @@ class Decode:
         for sample in src:
             try:
                 image = decode_face(sample["jpg"])
-                label = labels[int(sample["id"])]
+                label = sample_label(sample, labels)
             except Exception as exc:
                 if not self.skip_bad:
                     raise ValueError(
@@ -171,8 +215,14 @@ def stream_dataset(
     when ``batch_size`` is set). Unsafe tar members always raise
     ``UnsafeTarError``; undecodable samples raise unless ``skip_bad_samples``.
     """
-    urls = shard_urls(directory, split)
-    labels = load_labels(directory)
+    directory = Path(directory)
+    doc = _dataset_doc(directory)
+    urls = _urls(directory, doc, split)
+    check_shard_files(directory, urls)
+    sizes = directory / SIZES_JSON
+    expected = read_json(sizes) if sizes.is_file() else {}
+    # Since format version 2 every sample carries its label as .cls; older shards need labels.json.
+    labels = load_labels(directory) if doc.get("format_version", 1) < 2 else None
     stages: list[Callable | Any] = []
     if resampled:
         stages.append(wds.ResampledShards(urls, seed=seed, deterministic=True))
@@ -182,7 +232,7 @@ def stream_dataset(
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed))
         stages.append(wds.split_by_node)
         stages.append(wds.split_by_worker)
-    stages.append(SafeTarSamples(max_member_bytes))
+    stages.append(SafeTarSamples(max_member_bytes, expected))
     if shuffle and shuffle_buffer > 1:
         stages.append(SampleShuffle(shuffle_buffer, seed))
     stages.append(Decode(labels, with_key, skip_bad_samples))

@@ -19,9 +19,9 @@ class ShardSample:
 
     Attributes:
         key: stable unique id, ``[A-Za-z0-9_-]{1,80}``; see ``shards.make_key``.
-        identity: synthetic identity id (>= 0); the class label is assigned
-            later by ``finalize`` (contiguous 0..C-1 over identities with
-            kept samples).
+        identity: synthetic identity id (>= 0); its class label (contiguous
+            0..C-1 over identities with kept samples, ``shards.label_map``)
+            is given by the writer and stored as ``{key}.cls``.
         kept: the filter's decision.
         face_jpeg: aligned face, JPEG bytes, RGB, ``face_size`` x ``face_size``
             pixels (112 by default). Required when kept; optional otherwise.

@@ -127,13 +127,20 @@ def _parse_pax(data: bytes, source: str) -> dict[str, str]:
 
 
 def iter_members(
-    f: BinaryIO, *, source: str, max_member_bytes: int, read_data: bool = True
+    f: BinaryIO,
+    *,
+    source: str,
+    max_member_bytes: int,
+    read_data: bool = True,
+    require_end: bool = False,
 ) -> Iterator[TarMember]:
     """Yield the regular members of a tar stream after checking each one.
 
     Raises ``UnsafeTarError`` (naming ``source`` and the member) on an unsafe
     name, a non-regular entry, a member over ``max_member_bytes``, a header
-    with a bad checksum, or a truncated archive. With ``read_data=False`` the
+    with a bad checksum, or a truncated archive. With ``require_end`` an archive
+    that stops without its end-of-archive blocks (cut at a member boundary) is
+    truncated too; our writers always write them. With ``read_data=False`` the
     data is skipped with ``seek`` (``f`` must then be seekable).
     """
     offset = 0
@@ -142,6 +149,11 @@ def iter_members(
     while True:
         header = f.read(BLOCK)
         if not header:
+            if require_end:
+                raise UnsafeTarError(
+                    f"{source}: truncated tar: it ends at byte {offset} without the "
+                    "end-of-archive blocks (cut at a member boundary?)"
+                )
             return  # tolerate archives without end blocks
         if len(header) < BLOCK:
             raise UnsafeTarError(f"{source}: truncated tar header at byte {offset}")
@@ -208,7 +220,7 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def iter_samples(
-    f: BinaryIO, *, source: str, max_member_bytes: int
+    f: BinaryIO, *, source: str, max_member_bytes: int, require_end: bool = False
 ) -> Iterator[dict[str, bytes | str]]:
     """Group consecutive members with the same key into webdataset sample dicts.
 
@@ -217,7 +229,10 @@ def iter_samples(
     repeated extension within one sample raises ``UnsafeTarError``.
     """
     current: dict[str, bytes | str] | None = None
-    for member in iter_members(f, source=source, max_member_bytes=max_member_bytes):
+    members = iter_members(
+        f, source=source, max_member_bytes=max_member_bytes, require_end=require_end
+    )
+    for member in members:
         key, ext = split_name(member.name)
         if not ext:
             continue

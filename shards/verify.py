@@ -1,7 +1,7 @@
 """Verify a finished shard directory against its own records and list every problem.
 
 Checked: every tar against its manifest (keys in order, members, sha256 of
-each payload, identity), every tar's size and sha256 against its stats file,
+each payload, identity, label), every tar's size and sha256 against its stats file,
 manifests against stats (counts, reject reasons, first/last key), member
 safety, no duplicate keys in the dataset, labels contiguous 0..C-1 and one
 per identity (manifests, labels.json, dataset.json), and sizes.json, the
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from .atomic import read_json
 from .errors import UnsafeTarError
-from .index import build_index
+from .labels import labels_sha256
 from .layout import (
     DATASET_JSON,
     LABELS_JSON,
@@ -37,6 +37,8 @@ from .layout import (
 from .manifest import COLUMNS, read_manifest
 from .safety import DEFAULT_MAX_MEMBER_BYTES
 from .tarformat import iter_samples
+from .widsindex import build_index
+from .writer import FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,12 @@ class _Checker:
                 self.add(man, f"column {column} holds {sorted(map(str, values))}, not {expected!r}")
         if stats is None:
             return
+        if stats.get("format_version") != FORMAT_VERSION:
+            self.add(
+                stats_path(self.directory, stem),
+                f"format version {stats.get('format_version')}, not {FORMAT_VERSION} "
+                "(no labels in the tars): rewrite the shards",
+            )
         kept = table.filter(table["kept"])
         reasons = Counter(table.filter(pc.invert(table["kept"]))["reject_reason"].to_pylist())
         keys = table["key"].to_pylist()
@@ -131,6 +139,7 @@ class _Checker:
             "reject_reasons": dict(reasons),
             "first_key": keys[0] if keys else None,
             "last_key": keys[-1] if keys else None,
+            "labels_sha256": labels_sha256(table["label"].to_pylist()),
         }
         for name, value in got.items():
             if stats.get(name) != value:
@@ -168,7 +177,7 @@ class _Checker:
         if key != row["key"]:
             self.add(tar, f"sample {key!r} where the manifest has {row['key']!r}")
             return
-        expected = {"id", "jpg", "json"}
+        expected = {"cls", "id", "jpg", "json"}
         if row["full_ext"] is not None:
             expected.add(f"full.{row['full_ext']}")
         exts = set(sample) - {"__key__"}
@@ -191,6 +200,9 @@ class _Checker:
         ident = sample.get("id")
         if ident is not None and ident != str(row["identity"]).encode():
             self.add(tar, f"{key}.id is {ident!r} but the manifest identity is {row['identity']}")
+        cls = sample.get("cls")
+        if cls is not None and cls != str(row["label"]).encode():
+            self.add(tar, f"{key}.cls is {cls!r} but the manifest label is {row['label']}")
 
 
 def _listed_shards(checker: _Checker, dataset: dict | None) -> dict[str, list[str]]:

@@ -10,6 +10,11 @@ Samples must come in strictly ascending key order within a block and in
 non-decreasing identity order; both give a deterministic member order and
 shard boundaries that depend only on the samples, so the bytes do not depend
 on how many writers there were or whether a run was interrupted.
+
+Every kept sample carries its class label as ``{key}.cls`` from the first
+write: labels come from one map, sorted kept identity ids -> 0..C-1
+(``labels.label_map``), that ``write_split`` builds from its samples or is
+given, and that every ``write_block`` of a dataset is given.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +39,7 @@ from .atomic import (
 )
 from .errors import EmptyDatasetError, ResumeMismatchError, SampleOrderError
 from .images import image_ext, jpeg_size
+from .labels import LabelDigest, assign_labels, block_labels, check_label_map
 from .layout import (
     BLOCKS_DIR,
     block_identity_range,
@@ -52,7 +58,7 @@ from .tarformat import archive_end, encode_members, member_bytes
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: kept samples carry {key}.cls; labels are written by the writers
 _WRITE_BUFFER = 1 << 20
 
 
@@ -126,10 +132,14 @@ def sample_json(sample: ShardSample) -> bytes:
     return text.encode("utf-8")
 
 
-def encode_sample(sample: ShardSample, settings: ShardSettings) -> EncodedSample:
-    """Tar members ``(name, data)`` of a kept sample in their fixed order: full.*, id, jpg, json.
+def encode_sample(
+    sample: ShardSample, settings: ShardSettings, label: int | None = None
+) -> EncodedSample:
+    """Tar members ``(name, data)`` of a kept sample in their fixed order: cls, full.*, id, jpg, json.
 
-    Checks the face (JPEG, ``face_size`` square, 3 channels) and payload sizes.
+    ``label`` is the sample's class label (the writers always give it);
+    without it there is no ``cls`` member. Checks the face (JPEG,
+    ``face_size`` square, 3 channels) and payload sizes.
     """
     key = sample.key
     face = sample.face_jpeg
@@ -149,6 +159,10 @@ def encode_sample(sample: ShardSample, settings: ShardSettings) -> EncodedSample
         )
     json_data = sample_json(sample)
     members: list[tuple[bytes, bytes]] = []
+    if label is not None:
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise ValueError(f"{key}: label must be an int >= 0, got {label!r}")
+        members.append((f"{key}.cls".encode(), str(label).encode()))
     full_ext = None
     if sample.full_image is not None:
         full = sample.full_image
@@ -177,6 +191,12 @@ def _complete_stats(directory: Path, stem: str, settings: ShardSettings) -> dict
     except (OSError, ValueError):
         logger.warning("%s: unreadable stats file; rewriting the shard", path)
         return None
+    if stats.get("format_version") != FORMAT_VERSION:
+        raise ResumeMismatchError(
+            f"{path} was written by shard format version {stats.get('format_version')}, this "
+            f"writer writes version {FORMAT_VERSION} (labels in the tars as .cls); write to a "
+            "new directory"
+        )
     if stats.get("layout_hash") != settings.layout_hash():
         raise ResumeMismatchError(
             f"{path} was written with other layout settings ({stats.get('layout')}) than "
@@ -214,6 +234,7 @@ class _ShardOutput:
         self.last_key: str | None = None
         self._last_kept_identity = -1
         self.reasons: Counter[str] = Counter()
+        self.labels = LabelDigest()
         self._tar_final = tar_path(directory, self.stem)
         self._man_final = manifest_path(directory, self.stem)
         for final in (self._tar_final, self._man_final, stats_path(directory, self.stem)):
@@ -227,7 +248,7 @@ class _ShardOutput:
             self._manifest = ManifestWriter(self._man_file)
             self._sha = hashlib.sha256()
 
-    def add(self, sample: ShardSample, enc: EncodedSample | None) -> None:
+    def add(self, sample: ShardSample, enc: EncodedSample | None, label: int | None) -> None:
         key = sample.key
         if self.first_key is None:
             self.first_key = key
@@ -241,6 +262,7 @@ class _ShardOutput:
                 self._last_kept_identity = sample.identity
         else:
             self.reasons[sample.reject_reason or ""] += 1
+        self.labels.add(label)
         if not self.write:
             return
         face = sample.face_jpeg
@@ -259,7 +281,7 @@ class _ShardOutput:
             self.stem,
             self.block,
             sample.identity,
-            None,
+            label,
             sample.kept,
             sample.reject_reason,
             sample.generator,
@@ -289,6 +311,7 @@ class _ShardOutput:
             "reject_reasons": dict(sorted(self.reasons.items())),
             "first_key": self.first_key,
             "last_key": self.last_key,
+            "labels_sha256": self.labels.hexdigest(),
             "tar_bytes": tar_bytes,
             "tar_sha256": tar_sha256,
             "layout": self.settings.layout(),
@@ -301,21 +324,20 @@ class _ShardOutput:
         tar_bytes = self.offset + len(end)
         if not self.write:
             assert self.previous is not None
-            expected = {k: self.previous.get(k) for k in ("n_rows", "n_kept", "first_key")}
-            expected.update(last_key=self.previous.get("last_key"))
-            expected.update(tar_bytes=self.previous.get("tar_bytes"))
             got = {
                 "n_rows": self.n_rows,
                 "n_kept": self.n_kept,
                 "first_key": self.first_key,
                 "last_key": self.last_key,
+                "labels_sha256": self.labels.hexdigest(),
                 "tar_bytes": tar_bytes,
             }
+            expected = {k: self.previous.get(k) for k in got}
             if got != expected:
                 raise ResumeMismatchError(
                     f"{self.stem} is complete on disk but the input differs from what wrote it "
-                    f"(on disk {expected}, input {got}); delete the shard directory or restore "
-                    "the original input"
+                    f"(samples or label map; on disk {expected}, input {got}); delete the shard "
+                    "directory or restore the original input and label map"
                 )
             return self.previous
         fsync = self.settings.fsync
@@ -374,6 +396,7 @@ class _BlockWriter:
         self.n_kept = 0
         self.last_key: str | None = None
         self.last_identity = -1
+        self.labels: dict[int, int] = {}  # identity -> label of the rows written so far
 
     def _open_next(self) -> None:
         index = len(self.shards)
@@ -396,7 +419,7 @@ class _BlockWriter:
         (self.written if current.write else self.skipped).append(current.stem)
         self.current = None
 
-    def add(self, sample: ShardSample) -> None:
+    def add(self, sample: ShardSample, label: int | None) -> None:
         if sample.identity not in self.identities:
             raise ValueError(
                 f"{sample.key}: identity {sample.identity} is not in block {self.block} "
@@ -412,9 +435,16 @@ class _BlockWriter:
                 f"{sample.key}: identity {sample.identity} comes after {self.last_identity}; "
                 "samples must come in non-decreasing identity order"
             )
+        if sample.kept and label is None:
+            raise ValueError(f"{sample.key}: a kept sample needs a label")
+        if label is not None and self.labels.setdefault(sample.identity, label) != label:
+            raise ValueError(
+                f"{sample.key}: identity {sample.identity} has label {label} here and "
+                f"{self.labels[sample.identity]} on an earlier sample"
+            )
         self.last_key = sample.key
         self.last_identity = sample.identity
-        enc = encode_sample(sample, self.settings) if sample.kept else None
+        enc = encode_sample(sample, self.settings, label) if sample.kept else None
         current = self.current
         if current is None:
             self._open_next()
@@ -426,7 +456,7 @@ class _BlockWriter:
                 self._close_current()
                 self._open_next()
         assert self.current is not None
-        self.current.add(sample, enc)
+        self.current.add(sample, enc, label)
         self.n_rows += 1
         self.n_kept += enc is not None
 
@@ -445,6 +475,7 @@ class _BlockWriter:
             "shards": self.shards,
             "n_rows": self.n_rows,
             "n_kept": self.n_kept,
+            "labels": [[identity, label] for identity, label in sorted(self.labels.items())],
             "layout_hash": self.settings.layout_hash(),
         }
         write_json_atomic(
@@ -477,8 +508,11 @@ def _prepare(directory: Path | str, split: str, settings: ShardSettings | None) 
     return directory, settings
 
 
-def _block_done(directory: Path, split: str, block: int, settings: ShardSettings) -> dict | None:
-    """The marker of a block whose shards are all complete and intact, else None."""
+def _block_done(
+    directory: Path, split: str, block: int, settings: ShardSettings, labels: dict[int, int]
+) -> dict | None:
+    """The marker of a block whose shards are all complete, intact and written with
+    ``labels`` (the label map restricted to the block), else None."""
     path = block_marker_path(directory, split, block)
     if not path.exists():
         return None
@@ -486,7 +520,12 @@ def _block_done(directory: Path, split: str, block: int, settings: ShardSettings
         marker = read_json(path)
     except (OSError, ValueError):
         return None
+    if marker.get("format_version") != FORMAT_VERSION:
+        return None
     if marker.get("layout_hash") != settings.layout_hash():
+        return None
+    if marker.get("labels") != [[i, label] for i, label in sorted(labels.items())]:
+        logger.info("block %d of split %s was written with other labels; checking it", block, split)
         return None
     for stem in marker.get("shards", []):
         if _complete_stats(directory, stem, settings) is None:
@@ -499,6 +538,7 @@ def write_block(
     directory: Path | str,
     block: int,
     *,
+    labels: Mapping[int, int],
     split: str = "train",
     settings: ShardSettings | None = None,
 ) -> BlockResult:
@@ -506,20 +546,24 @@ def write_block(
 
     All samples must have identities in ``block_identity_range(block)``. The
     block owns shard numbers ``block*shards_per_block ...``, so writers never
-    collide. When the block's marker (``_blocks/{split}-{block:06d}.json``)
-    exists and all its shards are intact, the input is not read at all.
+    collide. ``labels`` is the dataset's label map, ``label_map(kept identity
+    ids of all splits)``, the same for every writer (only its part inside the
+    block is read, so a full map costs nothing per block). When the block's
+    marker (``_blocks/{split}-{block:06d}.json``) exists, its shards are intact
+    and it was written with the same labels, the input is not read at all.
     Call ``finalize`` once all blocks are done.
     """
     directory, settings = _prepare(directory, split, settings)
-    done = _block_done(directory, split, block, settings)
+    part = block_labels(labels, block_identity_range(block, settings))
+    done = _block_done(directory, split, block, settings, part)
     if done is not None:
         logger.info("block %d of split %s is complete; skipping", block, split)
         shards = tuple(done["shards"])
         return BlockResult(split, block, shards, (), shards, done["n_rows"], done["n_kept"])
     writer = _BlockWriter(directory, split, block, settings)
     try:
-        for sample in samples:
-            writer.add(sample)
+        for sample, label in assign_labels(samples, labels):
+            writer.add(sample, label)
         return writer.finish()
     except BaseException:
         writer.abort()
@@ -532,19 +576,32 @@ def write_split(
     *,
     split: str = "train",
     settings: ShardSettings | None = None,
+    labels: Mapping[int, int] | None = None,
 ) -> SplitResult:
     """Write one split from all its candidate samples, in one process.
 
     Produces the same files as running ``write_block`` on every block. Samples
     must be sorted by key (``make_key`` keys sorted as strings are sorted by
-    identity then sample). Resumes: complete shards are skipped, partial ones
-    rewritten. Raises ``EmptyDatasetError`` when ``samples`` is empty.
+    identity then sample). Every kept sample gets ``{key}.cls``: its label in
+    ``labels`` (``label_map(kept identity ids of all splits)``), or, when
+    ``labels`` is None, in the map of this split's own kept identities, built
+    while streaming (so only allowed when ``settings.splits`` has one split:
+    labels are shared by all splits). Resumes: complete shards are skipped,
+    partial ones rewritten. Raises ``EmptyDatasetError`` when ``samples`` is
+    empty.
     """
     directory, settings = _prepare(directory, split, settings)
+    if labels is None and len(settings.splits) > 1:
+        raise ValueError(
+            f"settings.splits has {len(settings.splits)} splits and labels are shared by all of "
+            "them: pass labels=shards.label_map(kept identity ids of every split)"
+        )
+    if labels is not None:
+        check_label_map(labels)
     results: list[BlockResult] = []
     writer: _BlockWriter | None = None
     try:
-        for sample in samples:
+        for sample, label in assign_labels(samples, labels):
             block = block_of(sample.identity, settings)
             if writer is None or block != writer.block:
                 if writer is not None:
@@ -555,7 +612,7 @@ def write_split(
                         )
                     results.append(writer.finish())
                 writer = _BlockWriter(directory, split, block, settings)
-            writer.add(sample)
+            writer.add(sample, label)
         if writer is None:
             raise EmptyDatasetError(
                 f"write_split got no samples for split {split!r}: refusing to write an empty "

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shards import (
+from facefoundry.shards import (
     ShardSettings,
     face_to_float,
     finalize,
@@ -15,7 +15,7 @@ from shards import (
     stream_dataset,
     write_split,
 )
-from shards.testing import synthetic_samples
+from tests.helpers.shards import synthetic_samples
 
 N_KEPT = 8 * 5  # 8 identities x 5 kept samples (every 6th of 6 rejected)
 

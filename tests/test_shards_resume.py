@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shards import ResumeMismatchError, ShardSettings, write_split
-from shards.testing import synthetic_samples
+from facefoundry.shards import ResumeMismatchError, ShardSettings, write_split
+from tests.helpers.shards import synthetic_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITIES = range(12)
@@ -28,8 +28,8 @@ PAUSE_AT = 62
 WRITER = """
 import sys, time
 from pathlib import Path
-from shards import ShardSettings, write_split
-from shards.testing import synthetic_samples
+from facefoundry.shards import ShardSettings, write_split
+from tests.helpers.shards import synthetic_samples
 directory, ready, settings = sys.argv[1], Path(sys.argv[2]), ShardSettings(**eval(sys.argv[3]))
 pause_at = int(sys.argv[4])
 def paused():
@@ -120,3 +120,12 @@ def test_resume_refuses_other_settings_or_other_input(tmp_path: Path) -> None:
         write_split(changed, tmp_path, settings=ShardSettings(**SETTINGS))
     stats = json.loads((tmp_path / "train-000000_stats.json").read_text())
     assert stats["layout"]["maxcount"] == SETTINGS["maxcount"]
+
+
+def test_resume_refuses_shards_of_the_older_format(tmp_path: Path) -> None:
+    samples = list(synthetic_samples(IDENTITIES, PER_IDENTITY, reject_every=4))
+    write_split(samples, tmp_path, settings=ShardSettings(**SETTINGS))
+    path = tmp_path / "train-000000_stats.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 1}))
+    with pytest.raises(ResumeMismatchError, match="format version 1"):
+        write_split(samples, tmp_path, settings=ShardSettings(**SETTINGS))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from shards import (
+from facefoundry.shards import (
     EmptyDatasetError,
     FinalizeError,
     IndexedShards,
@@ -22,6 +22,7 @@ from shards import (
     ShardSample,
     ShardSettings,
     finalize,
+    label_map,
     load_labels,
     make_key,
     manifests_dask,
@@ -30,8 +31,8 @@ from shards import (
     verify_dataset,
     write_split,
 )
-from shards.tarformat import encode_members
-from shards.testing import synthetic_samples
+from facefoundry.shards.tarformat import encode_members
+from tests.helpers.shards import synthetic_samples
 
 SETTINGS = ShardSettings(maxcount=16, identities_per_block=6, shards_per_block=8)
 IDENTITIES = [0, 1, 2, 4, 5, 7, 9, 12, 13]  # gaps on purpose: labels must still be 0..C-1
@@ -170,6 +171,25 @@ def test_tar_bytes_equal_what_tarfile_writes() -> None:
             info.uname = info.gname = "bigdata"
             tf.addfile(info, io.BytesIO(data))
     assert buf.getvalue().startswith(ours)
+
+
+def test_splits_share_one_label_map(tmp_path: Path) -> None:
+    settings = ShardSettings(splits=("train", "val"), identities_per_block=100)
+    train = list(synthetic_samples([1, 4, 6], 4, reject_every=0))
+    val = list(synthetic_samples([2, 5], 4, reject_every=0))
+    with pytest.raises(ValueError, match="shared by all"):
+        write_split(train, tmp_path, settings=settings)
+    with pytest.raises(ValueError, match="sorted identity ids"):
+        write_split(train, tmp_path, settings=settings, labels={1: 1, 2: 0, 4: 2, 5: 3, 6: 4})
+    labels = label_map([6, 5, 4, 2, 1, 4])
+    assert labels == {1: 0, 2: 1, 4: 2, 5: 3, 6: 4}
+    write_split(train, tmp_path, split="train", settings=settings, labels=labels)
+    write_split(val, tmp_path, split="val", settings=settings, labels=labels)
+    finalize(tmp_path)
+    assert load_labels(tmp_path) == labels
+    assert verify_dataset(tmp_path) == []
+    val_labels = [label for _, label in stream_dataset(tmp_path, "val", shuffle=False)]
+    assert val_labels == [1] * 4 + [3] * 4
 
 
 def test_maxsize_rolls_over(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shards import (
+from facefoundry.shards import (
     IndexedShards,
     ShardSettings,
     UnsafeTarError,
@@ -18,8 +18,8 @@ from shards import (
     verify_dataset,
     write_split,
 )
-from shards.tarformat import iter_samples
-from shards.testing import synthetic_samples
+from facefoundry.shards.tarformat import iter_samples
+from tests.helpers.shards import synthetic_samples
 
 
 def make_tar(entries: list[tarfile.TarInfo | tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> bytes:
@@ -103,7 +103,8 @@ def poisoned(tmp_path: Path) -> Path:
     shutil.copy(directory / "train-000000.tar", tmp_path / "good.tar")
     with tarfile.open(tmp_path / "good.tar") as tf:
         members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]
-    members[1] = ("../" + members[1][0], members[1][1])
+    jpg = next(i for i, (name, _) in enumerate(members) if name.endswith(".jpg"))
+    members[jpg] = ("../" + members[jpg][0], members[jpg][1])
     evil = make_tar(members)
     assert len(evil) == len(good)
     (directory / "train-000000.tar").write_bytes(evil)

@@ -12,10 +12,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flows.cli_shards import main as cli
-from shards import FinalizeError, ShardSettings, finalize, verify_dataset, write_block, write_split
-from shards.manifest import read_manifest, write_manifest_table
-from shards.testing import synthetic_samples
+from facefoundry.flows.cli import main as cli
+from facefoundry.shards import (
+    FinalizeError,
+    ShardSettings,
+    finalize,
+    load_labels,
+    verify_dataset,
+    write_block,
+    write_split,
+)
+from facefoundry.shards.manifest import read_manifest, write_manifest_table
+from tests.helpers.shards import synthetic_samples
 
 SETTINGS = ShardSettings(maxcount=12, identities_per_block=4, shards_per_block=5)
 IDENTITIES = range(10)
@@ -62,6 +70,23 @@ def test_flipped_byte_is_found(dataset: Path, capsys) -> None:
     assert out == found  # every problem printed, one per line
 
 
+def test_a_cls_member_that_disagrees_with_the_manifest_is_found(dataset: Path) -> None:
+    tar = dataset / "train-000000.tar"
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith(".cls"))
+        label = tf.extractfile(member).read()
+    other = b"9" if label != b"9" else b"8"
+    data = bytearray(tar.read_bytes())
+    data[member.offset_data : member.offset_data + 1] = other
+    tar.write_bytes(bytes(data))
+    found = messages(dataset)
+    assert (
+        f"train-000000.tar: {member.name} is {other!r} but the manifest label is {int(label)}"
+        in found
+    )
+    assert any("sha256" in m and "differs from stats" in m for m in found)
+
+
 def test_missing_shard_is_found(dataset: Path) -> None:
     (dataset / "train-000005.tar").unlink()
     assert messages(dataset) == ["train-000005.tar: missing (shard listed in dataset.json)"]
@@ -87,12 +112,7 @@ def test_duplicated_key_is_found_and_finalize_refuses_it(dataset: Path) -> None:
     for path in dataset.glob("train-00000[5-9]*"):
         path.unlink()
     (dataset / "_blocks" / "train-000001.json").unlink()
-    write_block(block1, dataset, 1, settings=SETTINGS)
-    identities = pa.array(json.loads((dataset / "labels.json").read_text())["identity_of_label"])
-    for path in dataset.glob("train-00000[5-9].parquet"):  # labels as finalize would set them
-        table = read_manifest(path)
-        labels = pc.index_in(table["identity"], value_set=identities).cast(pa.int32())
-        write_manifest_table(table.set_column(5, "label", labels), path, fsync=False)
+    write_block(block1, dataset, 1, labels=load_labels(dataset), settings=SETTINGS)
     found = messages(dataset)
     assert found == ["manifests: duplicate key '0000000_0000' (2 rows)"]
     with pytest.raises(FinalizeError, match="more than once"):

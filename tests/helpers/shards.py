@@ -1,4 +1,4 @@
-"""Small deterministic samples for tests, benchmarks and demos (no model, no data set).
+"""Small deterministic shard samples for tests and benchmarks (no model, no data set).
 
 Faces are smooth random colour fields (14x14 noise upsampled to 112x112),
 JPEG-encoded: about 4 kB each, like real aligned faces, and distinct per
@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .images import encode_face_jpeg
-from .layout import make_key
-from .sample import ShardSample
+from facefoundry.shards.images import encode_face_jpeg
+from facefoundry.shards.layout import make_key
+from facefoundry.shards.sample import ShardSample
 
 REJECT_REASONS = ("no_face", "low_similarity", "duplicate")
 
