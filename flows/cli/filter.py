@@ -1,86 +1,115 @@
-"""``facefoundry filter``, ``metrics`` and ``calibrate``: thin wrappers over filters/."""
+"""``facefoundry filter``, ``metrics`` and ``calibrate``: the filter stage, dataset-quality
+metrics and false-match-rate calibration (thin wrappers over filters/)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from facefoundry.errors import UsageError
+from facefoundry.flows.cli._common import (
+    EMBEDDER_HELP,
+    LFW_HELP,
+    RAW,
+    add_set_option,
+    check_models,
+    check_recipe_file,
+    existing_file,
+    load_recipe,
+)
 
 FILTER_DESCRIPTION = """\
 Run the filter stage on embedded candidates: face rules (no face, several faces, low
 detection score), intra-class consistency (cosine to the identity centroid: absolute
 threshold, then the lowest quantile per identity), at least k samples per identity,
 privacy (no identity centroid above tau_priv to any real reference identity) and
-greedy de-duplication (centroids above tau_inter). Writes decisions.parquet (one row
-per candidate, rejects with a reason), identities.parquet and metrics.json (funnel,
-before/after metrics scored by an independent judge embedder).
+greedy de-duplication (centroids above tau_inter). Reads TARGET's embed parts (and a
+run's generate/ tables for identities); writes decisions.parquet (one row per
+candidate, rejects with a reason), identities.parquet and metrics.json (funnel,
+before/after metrics scored by an independent judge embedder) to --out.
 
-Thresholds are cosines for one embedder (--set tau_inter=0.4) or false-match rates
-calibrated on LFW impostor pairs (--set 'tau_inter={fmr: 1e-4}'); see docs/filters.md."""
+Settings: the defaults, or --settings (a recipe, whose `filter:` section is read with
+the same loader as `facefoundry run`, or a YAML of filter settings alone), then --set,
+then --embedder/--judge/--reference. Thresholds are cosines for one embedder
+(--set tau_inter=0.4) or false-match rates calibrated on LFW impostor pairs
+(--set 'tau_inter={fmr: 1e-4}'); see docs/filters.md."""
 
 METRICS_DESCRIPTION = """\
 Dataset-quality metrics of embedded samples with one embedder: genuine/impostor cosine
 distributions (seeded impostor pairs), EER, FNMR at FMR 1e-2 and 1e-3, FDR, d', DCFace
-uniqueness and consistency, images per identity. With filter decisions (found in the run
-directory or given by --decisions): before and after filtering."""
+uniqueness and consistency, images per identity. Reads DIR's embed parts; with filter
+decisions (found in the run directory or given by --decisions): before and after
+filtering. Prints a table and the JSON (or writes it to --json)."""
 
 CALIBRATE_DESCRIPTION = """\
 Calibrate false-match-rate thresholds for an embedder on LFW: embed LFW people (YuNet,
 no flip, as the embed stage does), score seeded impostor pairs and store the cosine at
-each FMR from 1e-1 down to what the pair count resolves. Filter settings given as
-{fmr: ...} then resolve to this embedder's cosine."""
+each FMR from 1e-1 down to what the pair count resolves, as JSON in --out (default
+$FACEFOUNDRY_CACHE_DIR/calibration). Filter settings given as {fmr: ...} then resolve
+to this embedder's cosine."""
 
 
 def _print(document: dict) -> None:
     print(json.dumps(document, indent=2))
 
 
-def _friendly(command):
-    """Print the clear errors of filters/ (missing calibration, embedder, data) without a traceback."""
+def _settings_error(error) -> UsageError:
+    from facefoundry.flows.config import RecipeError
 
-    def run(args: argparse.Namespace) -> int:
-        from filters.calibrate import CalibrationError
-
-        try:
-            return command(args)
-        except (CalibrationError, FileNotFoundError, KeyError, ValueError) as error:
-            if type(error).__name__ == "RecipeError":
-                raise
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            print(f"facefoundry {args.command}: {message}", file=sys.stderr)
-            return 2
-
-    run.__name__ = command.__name__
-    run.__doc__ = command.__doc__
-    return run
+    lines = [
+        f"filter settings: '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in error.errors()
+    ]
+    return RecipeError("\n".join(lines))
 
 
-def _load_settings(path: str | None, overrides: list[str], **direct):
-    """FilterSettings from a YAML file (its ``filters:`` section if a recipe), then --set."""
+def _bare_settings(path: str | Path) -> dict | None:
+    """The document of a YAML that holds filter settings alone (not a recipe), else None."""
     import yaml
+
+    from facefoundry.filters.settings import FilterSettings
+    from facefoundry.flows.config import RecipeError
+
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"filter settings {path} do not exist") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise RecipeError(f"cannot read filter settings {path}: {error}") from error
+    if (
+        isinstance(document, dict)
+        and document
+        and set(document) <= set(FilterSettings.model_fields)
+    ):
+        return document
+    return None
+
+
+def load_filter_settings(path: str | None, overrides: list[str], **direct):
+    """FilterSettings: the defaults or ``path``'s, then ``--set`` ``overrides``, then the
+    ``direct`` options that are not None. ``path`` is a recipe (its ``filter:`` section,
+    read by ``flows.config.load_recipe`` exactly as ``run`` reads it) or a YAML of filter
+    settings alone."""
     from pydantic import ValidationError
 
-    from filters.settings import FilterSettings
-    from flows.config import RecipeError, apply_overrides
+    from facefoundry.filters.settings import FilterSettings
+    from facefoundry.flows.config import apply_overrides
 
-    document: dict = {}
-    if path:
+    direct = {key: value for key, value in direct.items() if value is not None}
+    # a key of the section, as in --set min_samples=3, or as in a recipe: filter.min_samples=3
+    overrides = [text.removeprefix("filter.") for text in overrides]
+    check_recipe_file(path)
+    bare = _bare_settings(path) if path else None
+    if bare is not None:
+        document = apply_overrides(dict(bare), overrides)
+        document.update(direct)
         try:
-            document = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise RecipeError(f"cannot read filter settings {path}: {error}") from error
-        if isinstance(document, dict) and isinstance(document.get("filters"), dict):
-            document = document["filters"]
-    document = apply_overrides(dict(document), overrides)
-    document.update({k: v for k, v in direct.items() if v is not None})
-    try:
-        return FilterSettings.model_validate(document)
-    except ValidationError as error:
-        lines = [
-            f"filter settings: '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in error.errors()
-        ]
-        raise RecipeError("\n".join(lines)) from None
+            return FilterSettings.model_validate(document)
+        except ValidationError as error:
+            raise _settings_error(error) from None
+    # JSON is YAML: a direct value (an embedder spec, a path) is read back exactly.
+    extra = [f"filter.{key}={json.dumps(value)}" for key, value in direct.items()]
+    return load_recipe(path, [f"filter.{text}" for text in overrides] + extra).filter
 
 
 def _funnel_table(funnel: dict):
@@ -139,12 +168,18 @@ def _metrics_table(title: str, metrics: dict):
     return table
 
 
+def _existing_target(path: str, what: str) -> Path:
+    target = Path(path)
+    if not target.exists():
+        raise UsageError(
+            f"{what} {target} does not exist: give a run folder (with embed/), "
+            "an embed folder or one embed parquet"
+        )
+    return target
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from filters.stage import METRICS, run_filter
-
-    target = Path(args.target)
+    target = _existing_target(args.target, "filter target")
     if args.out:
         out = Path(args.out)
     elif (target / "embed").is_dir():
@@ -152,18 +187,18 @@ def cmd_filter(args: argparse.Namespace) -> int:
     elif target.name == "embed":
         out = target.parent / "filter"
     else:
-        print(
-            "facefoundry filter: give --out DIR (target is not a run or embed folder)",
-            file=sys.stderr,
-        )
-        return 2
-    settings = _load_settings(
+        raise UsageError(f"give --out DIR: {target} is not a run folder or an embed folder")
+    settings = load_filter_settings(
         args.settings,
         args.set,
         embedder=args.embedder,
         judge_embedder=args.judge,
         reference=args.reference,
     )
+    from rich.console import Console
+
+    from facefoundry.filters.stage import METRICS, run_filter
+
     out = run_filter(target, out, settings, progress=not args.quiet)
     document = json.loads((out / METRICS).read_text())
     if not args.quiet:
@@ -176,17 +211,20 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from filters.stage import compute_metrics
-
-    settings = _load_settings(
+    _existing_target(args.dir, "metrics input")
+    if args.decisions:
+        existing_file(args.decisions, "decisions file", "give a filter stage's decisions.parquet")
+    settings = load_filter_settings(
         None,
         args.set,
         judge_embedder=args.embedder,
         allow_same_judge=True,
         calibration=args.calibration,
     )
+    from rich.console import Console
+
+    from facefoundry.filters.stage import compute_metrics
+
     document = compute_metrics(
         args.dir, args.embedder, settings, decisions=args.decisions, workers=args.workers
     )
@@ -204,10 +242,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from evaluation.lfw import Lfw, image_name, read_people
-    from filters.calibrate import calibrate_images, save_calibration
+    from facefoundry.evaluation.lfw import Lfw, image_name, read_people
+    from facefoundry.filters.calibrate import calibrate_images, save_calibration
 
     lfw = Lfw(args.lfw)
+    check_models(args.embedder)
     counts: dict[str, int] = {}
     for name, count in read_people(lfw.protocol_file("people.txt")):
         counts[name] = counts.get(name, 0) + count
@@ -241,38 +280,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    """Add ``filter``, ``metrics`` and ``calibrate`` to the facefoundry command line."""
-    from faces.embedders import EMBEDDER_HELP
-
-    raw = argparse.RawDescriptionHelpFormatter
-    run = subparsers.add_parser(
+def register(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
         "filter",
         help="filter embedded candidates: per-sample decisions, metrics and the funnel",
         description=FILTER_DESCRIPTION,
-        formatter_class=raw,
+        formatter_class=RAW,
     )
     run.add_argument("target", help="run directory (with embed/), embed folder or one parquet")
     run.add_argument("--out", default=None, help="output folder (default: RUN/filter)")
-    run.add_argument("--settings", default=None, help="YAML of filter settings (or a recipe)")
     run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set tau_inter=0.4 or --set 'tau_priv={fmr: 1e-4}'",
+        "--settings",
+        default=None,
+        help="a recipe (its filter: section) or a YAML of filter settings alone",
+    )
+    add_set_option(
+        run, "override a setting, e.g. --set tau_inter=0.4 or --set 'tau_priv={fmr: 1e-4}'"
     )
     run.add_argument("--embedder", default=None, help="filtering embedder (default sface)")
     run.add_argument("--judge", default=None, help="reporting embedder (default dlib)")
     run.add_argument("--reference", default=None, help="real reference embeddings for privacy")
     run.add_argument("-q", "--quiet", action="store_true", help="no tables or progress bars")
-    run.set_defaults(func=_friendly(cmd_filter))
+    run.set_defaults(func=cmd_filter)
 
-    metrics = subparsers.add_parser(
+    metrics = commands.add_parser(
         "metrics",
         help="dataset-quality metrics of embedded samples with one embedder",
         description=METRICS_DESCRIPTION,
-        formatter_class=raw,
+        formatter_class=RAW,
     )
     metrics.add_argument("dir", help="run directory, embed folder or one parquet")
     metrics.add_argument("--embedder", default="dlib", help=EMBEDDER_HELP)
@@ -282,26 +317,20 @@ def register(subparsers) -> None:
     metrics.add_argument(
         "--workers", type=int, default=0, help="read parts on a Dask cluster of N processes"
     )
-    metrics.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="metric settings, e.g. impostor_pairs=500000, seed=1, metric_threshold=0.6",
+    add_set_option(
+        metrics, "metric settings, e.g. impostor_pairs=500000, seed=1, metric_threshold=0.6"
     )
     metrics.add_argument("-q", "--quiet", action="store_true", help="no table")
-    metrics.set_defaults(func=_friendly(cmd_metrics))
+    metrics.set_defaults(func=cmd_metrics)
 
-    calibrate = subparsers.add_parser(
+    calibrate = commands.add_parser(
         "calibrate",
         help="calibrate false-match-rate thresholds of an embedder on LFW",
         description=CALIBRATE_DESCRIPTION,
-        formatter_class=raw,
+        formatter_class=RAW,
     )
     calibrate.add_argument("--embedder", default="sface", help=EMBEDDER_HELP)
-    calibrate.add_argument(
-        "--lfw", default=None, help="LFW folder (default $FACEFOUNDRY_DATA_DIR/lfw)"
-    )
+    calibrate.add_argument("--lfw", default=None, help=LFW_HELP)
     calibrate.add_argument("--people", type=int, default=0, help="seeded subset of people (0: all)")
     calibrate.add_argument("--per-person", type=int, default=10, help="images per person at most")
     calibrate.add_argument("--pairs", type=int, default=2_000_000, help="impostor pairs")
@@ -312,5 +341,5 @@ def register(subparsers) -> None:
         default=None,
         help="JSON file or folder (default $FACEFOUNDRY_CACHE_DIR/calibration)",
     )
-    calibrate.add_argument("-q", "--quiet", action="store_true")
-    calibrate.set_defaults(func=_friendly(cmd_calibrate))
+    calibrate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    calibrate.set_defaults(func=cmd_calibrate)

@@ -1,5 +1,5 @@
-"""CLI commands for identities, the IDiff-Face and multi-identity generators and recognizer
-training."""
+"""``facefoundry generator ...``: the IDiff-Face and multi-identity generators (prepare
+training data, train, sample) and a tiny Stable Diffusion folder for ID-Booth trials."""
 
 from __future__ import annotations
 
@@ -8,34 +8,45 @@ import json
 import logging
 from pathlib import Path
 
+from facefoundry.flows.cli._common import (
+    LFW_HELP,
+    RAW,
+    check_models,
+    existing_dir,
+    existing_file,
+    positive_int,
+)
+
 logger = logging.getLogger(__name__)
 
+PREPARE_DESCRIPTION = """\
+Build a generator training set from LFW: read the people of --people from the LFW
+folder, detect and align their faces, embed them with --embedder (the identity
+condition) and write the faces (--size pixels) with their embeddings and labels to
+one .npz file at --out, which `generator train` and `generator train-multi-id`
+read."""
 
-def cmd_identities(args: argparse.Namespace) -> int:
-    from pathlib import Path
+TRAIN_DESCRIPTION = """\
+Train an IDiff-Face model on a training set from prepare-lfw. Resumes from
+OUT/checkpoint unless --restart; exports the EMA weights to OUT/model (safetensors),
+a model folder for generate.model / `generator sample`."""
 
-    from generators.identities import PRIOR_FILE, make_identities
+SAMPLE_DESCRIPTION = """\
+Generate candidate images with an IDiff-Face model folder: --per-identity images for
+each identity of --identities (from `facefoundry identities`), written to --out in
+chunks of --chunk identities (part-NNNNN.tar of images + part-NNNNN.parquet of rows;
+the parquet is written last). Complete chunks are kept, so a re-run resumes."""
 
-    table = make_identities(
-        args.count,
-        args.dim,
-        args.seed,
-        args.method,
-        args.tau,
-        embedder=args.embedder,
-        prior=Path(args.model) / PRIOR_FILE,
-    )
-    path = table.save(args.out)
-    print(json.dumps({"identities": len(table), "method": table.method, "out": str(path)}))
-    return 0
+DATA_HINT = "make one with `facefoundry generator prepare-lfw --out FILE.npz`"
 
 
 def cmd_prepare_lfw(args: argparse.Namespace) -> int:
-    from evaluation.lfw import Lfw, people_images, read_people
-    from generators.training_data import build_training_set
+    from facefoundry.evaluation.lfw import Lfw, people_images, read_people
+    from facefoundry.generators.training_data import build_training_set
 
     lfw = Lfw(args.lfw)
     people = read_people(lfw.protocol_file(args.people))
+    check_models(args.embedder)
     names, labels = people_images(people)
     data, summary = build_training_set(
         list(lfw.read_many(names)),
@@ -52,8 +63,11 @@ def cmd_prepare_lfw(args: argparse.Namespace) -> int:
 
 
 def cmd_generator_train(args: argparse.Namespace) -> int:
-    from generators.idiff_face.config import PAPER_CONFIG, IDiffFaceConfig
-    from generators.idiff_face.train import TrainSettings, train_idiff_face
+    existing_file(args.data, "training set", DATA_HINT)
+    if args.init_from:
+        existing_dir(args.init_from, "--init-from model folder")
+    from facefoundry.generators.idiff_face.config import PAPER_CONFIG, IDiffFaceConfig
+    from facefoundry.generators.idiff_face.train import TrainSettings, train_idiff_face
 
     config = PAPER_CONFIG if args.config == "paper" else IDiffFaceConfig()
     settings = TrainSettings(
@@ -70,17 +84,20 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         settings,
         resume=not args.restart,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        init_from=args.init_from,
     )
     print(json.dumps({"model": str(model)}))
     return 0
 
 
 def cmd_generator_sample(args: argparse.Namespace) -> int:
-    from generators.identities import IdentityTable
-    from generators.idiff_face.generate import generate_chunk
-    from generators.settings import GenerateSettings
+    existing_dir(args.model, "generator model folder")
+    existing_file(args.identities, "identities table", "make one with `facefoundry identities`")
+    from facefoundry.generators.identities import IdentityTable
+    from facefoundry.generators.idiff_face.generate import generate_chunk
+    from facefoundry.generators.idiff_face.settings import IDiffFaceSettings
 
-    settings = GenerateSettings(
+    settings = IDiffFaceSettings(
         model=args.model,
         samples_per_identity=args.per_identity,
         scheduler=args.scheduler,
@@ -110,7 +127,11 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_generator_init_multi_id(args: argparse.Namespace) -> int:
-    from generators.with_anyone.fit import init_model_folder
+    if args.unet != "tiny":
+        existing_dir(args.unet, "--unet folder", "give a diffusers UNet or pipeline folder")
+    if args.vae:
+        existing_dir(args.vae, "--vae folder")
+    from facefoundry.generators.multi_id.fit import init_model_folder
 
     out = init_model_folder(
         args.out,
@@ -127,10 +148,14 @@ def cmd_generator_init_multi_id(args: argparse.Namespace) -> int:
 
 
 def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
+    existing_file(args.data, "training set", DATA_HINT)
+    existing_dir(args.model, "model folder", "make one with `facefoundry generator init-multi-id`")
+    if args.identity_model:
+        existing_file(args.identity_model, "--identity-model")
     import torch
 
-    from generators.with_anyone.fit import fit_adapter
-    from generators.with_anyone.settings import MultiIdSettings
+    from facefoundry.generators.multi_id.fit import fit_adapter
+    from facefoundry.generators.multi_id.settings import MultiIdTrainSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +165,7 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
         "device": args.device,
     }
     if args.identity_model:
-        from evaluation.export import load_backbone
+        from facefoundry.recognition.export import load_backbone
 
         network = load_backbone(args.identity_model, args.identity_backbone, args.identity_features)
     else:
@@ -149,7 +174,6 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
         )
         network = torch.nn.Identity()
         fields.update(id_loss_weight=0.0, infonce_weight=0.0)
-    settings = MultiIdSettings(**fields)
     model = fit_adapter(
         args.model,
         args.data,
@@ -157,7 +181,7 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
         network,
         steps=args.steps,
         batch_size=args.batch_size,
-        settings=settings,
+        settings=MultiIdTrainSettings(**fields),
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         background=args.background,
@@ -167,64 +191,28 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
 
 
 def cmd_generator_tiny_sd(args: argparse.Namespace) -> int:
-    from generators.id_booth.tiny import make_tiny_sd
+    from facefoundry.generators.id_booth.tiny import make_tiny_sd
 
     folder = make_tiny_sd(args.out, seed=args.seed, image_size=args.size)
-    print(f"tiny random SD pipeline: {folder} (set generate.id_booth.base to it)")
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from evaluation.fr_train import train_recognizer
-    from flows.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    out = train_recognizer(args.shards, args.out, recipe.train, args.lfw, resume=not args.restart)
-    print(json.dumps({"model": str(out), "onnx": str(Path(out) / "model.onnx")}))
-    return 0
-
-
-def cmd_lfw_shards(args: argparse.Namespace) -> int:
-    from evaluation.lfw_shards import write_lfw_shards
-
-    out = write_lfw_shards(args.out, args.lfw, args.people, args.workers)
-    print(json.dumps({"shards": str(out)}))
+    print(f"tiny random SD pipeline: {folder} (set generate.model to it in an id_booth recipe)")
     return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    identities = commands.add_parser(
-        "identities",
-        help="sample synthetic identities into identities.parquet",
-        description="Draw identity vectors: uniform on the sphere, 'separated' (no two "
-        "closer than cosine --tau), or 'fitted' (a Gaussian fitted to the --model generator's "
-        "training embeddings, separated by --tau: what the small default model follows best). "
-        "Saved as a parquet table (identity, method, seed, embedding).",
-    )
-    identities.add_argument("--count", type=int, required=True)
-    identities.add_argument("--dim", type=int, default=128, help="128 for sface, 512 ArcFace")
-    identities.add_argument(
-        "--method", default="separated", choices=["uniform", "separated", "fitted"]
-    )
-    identities.add_argument(
-        "--model",
-        default="models/idiff-face-lfw",
-        help="generator folder holding identity_prior.safetensors (method fitted)",
-    )
-    identities.add_argument("--tau", type=float, default=0.3)
-    identities.add_argument("--seed", type=int, default=0)
-    identities.add_argument("--embedder", default="sface", help="space the vectors live in")
-    identities.add_argument("--out", required=True)
-    identities.set_defaults(func=cmd_identities)
-
     generator = commands.add_parser(
-        "generator", help="IDiff-Face and multi-identity generators: prepare data, train, sample"
+        "generator",
+        help="IDiff-Face and multi-identity generators: prepare data, train, sample",
+        description="Generator models: make training data from LFW, train IDiff-Face or a "
+        "multi-identity adapter, sample images, and make a tiny SD folder for ID-Booth trials.",
     )
-    gen_sub = generator.add_subparsers(dest="action", required=True, metavar="ACTION")
-    prepare = gen_sub.add_parser(
-        "prepare-lfw", help="align + embed LFW people into a generator training set (.npz)"
+    actions = generator.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prepare = actions.add_parser(
+        "prepare-lfw",
+        help="align + embed LFW people into a generator training set (.npz)",
+        description=PREPARE_DESCRIPTION,
+        formatter_class=RAW,
     )
-    prepare.add_argument("--out", required=True)
+    prepare.add_argument("--out", required=True, help="training set .npz file to write")
     prepare.add_argument(
         "--people",
         default="peopleDevTrain.txt",
@@ -232,23 +220,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument("--size", type=int, default=64, help="stored face size in pixels")
     prepare.add_argument("--embedder", default="sface", help="conditioning embedder")
-    prepare.add_argument("--lfw", default=None)
-    prepare.add_argument("--workers", type=int, default=2)
+    prepare.add_argument("--lfw", default=None, help=LFW_HELP)
+    prepare.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     prepare.set_defaults(func=cmd_prepare_lfw)
 
-    train = gen_sub.add_parser(
+    train = actions.add_parser(
         "train",
         help="train or resume an IDiff-Face model",
-        description="Resumes from OUT/checkpoint unless --restart; "
-        "exports EMA weights to OUT/model (safetensors).",
+        description=TRAIN_DESCRIPTION,
+        formatter_class=RAW,
     )
     train.add_argument("data", help="training set .npz from prepare-lfw")
-    train.add_argument("--out", required=True)
-    train.add_argument("--config", default="small", choices=["small", "paper"])
-    train.add_argument("--steps", type=int, default=20000)
+    train.add_argument("--out", required=True, help="run folder (checkpoint/, model/)")
+    train.add_argument("--config", default="small", choices=["small", "paper"], help="model size")
+    train.add_argument("--steps", type=int, default=20000, help="total steps")
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -260,22 +248,29 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.set_defaults(func=cmd_generator_train)
 
-    sample = gen_sub.add_parser("sample", help="generate candidate images for identities")
+    sample = actions.add_parser(
+        "sample",
+        help="generate candidate images for identities",
+        description=SAMPLE_DESCRIPTION,
+        formatter_class=RAW,
+    )
     sample.add_argument("model", help="model folder (e.g. models/idiff-face-lfw)")
     sample.add_argument("--identities", required=True, help="identities.parquet")
     sample.add_argument("--out", required=True, help="folder for part-NNNNN.tar/.parquet")
-    sample.add_argument("--per-identity", type=int, default=8)
+    sample.add_argument("--per-identity", type=positive_int, default=8, help="images per identity")
     sample.add_argument(
         "--scheduler", default="dpmsolver++", choices=["dpmsolver++", "unipc", "ddim", "ddpm"]
     )
-    sample.add_argument("--steps", type=int, default=25)
-    sample.add_argument("--guidance", type=float, default=1.0)
-    sample.add_argument("--batch-size", type=int, default=64)
-    sample.add_argument("--chunk", type=int, default=50, help="identities per chunk")
+    sample.add_argument("--steps", type=positive_int, default=25, help="denoising steps")
+    sample.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale"
+    )
+    sample.add_argument("--batch-size", type=positive_int, default=64)
+    sample.add_argument("--chunk", type=positive_int, default=50, help="identities per chunk")
     sample.add_argument("--seed", type=int, default=0, help="recipe seed")
     sample.set_defaults(func=cmd_generator_sample)
 
-    init_multi = gen_sub.add_parser(
+    init_multi = actions.add_parser(
         "init-multi-id",
         help="start a multi-identity (WithAnyone-style) model folder with a fresh adapter",
         description="Write OUT as a multi-identity model folder: the base UNet, a new identity "
@@ -307,7 +302,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     init_multi.add_argument("--seed", type=int, default=0)
     init_multi.set_defaults(func=cmd_generator_init_multi_id)
 
-    train_multi = gen_sub.add_parser(
+    train_multi = actions.add_parser(
         "train-multi-id",
         help="train or resume a multi-identity adapter on group canvases of a training set",
         description="Trains only the identity adapter of MODEL_DIR on group images pasted "
@@ -318,10 +313,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train_multi.add_argument("data", metavar="DATA.npz", help="training set from prepare-lfw")
     train_multi.add_argument("--model", required=True, help="model folder from init-multi-id")
-    train_multi.add_argument("--out", required=True)
+    train_multi.add_argument("--out", required=True, help="training folder (checkpoint, model/)")
     train_multi.add_argument("--steps", type=int, default=2000, help="total steps")
     train_multi.add_argument("--batch-size", type=int, default=8)
-    train_multi.add_argument("--lr", type=float, default=1e-4)
+    train_multi.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     train_multi.add_argument("--faces-per-image", type=int, default=2)
     train_multi.add_argument(
         "--background", default="noise", choices=["noise", "grey"], help="canvas background"
@@ -335,52 +330,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train_multi.add_argument("--identity-backbone", default="r50", help="e.g. r18, r50, r100")
     train_multi.add_argument("--identity-features", type=int, default=512)
-    train_multi.add_argument("--checkpoint-every", type=int, default=100)
+    train_multi.add_argument("--checkpoint-every", type=int, default=100, help="steps")
     train_multi.add_argument("--seed", type=int, default=0)
     train_multi.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     train_multi.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train_multi.set_defaults(func=cmd_generator_train_multi_id)
 
-    tiny_sd = gen_sub.add_parser(
+    tiny_sd = actions.add_parser(
         "tiny-sd",
         help="write a tiny random Stable Diffusion pipeline (try ID-Booth on a CPU)",
         description="Writes a randomly initialised SD-style pipeline (UNet, AutoencoderKL, "
         "CLIP text model + byte-level tokenizer, DDPM scheduler; a few MB) in the diffusers "
         "layout that ID-Booth expects, so recipes/id-booth.yaml can be tried end to end on a "
-        "CPU with --set generate.id_booth.base=OUT. Its images are noise: real work needs "
+        "CPU with --set generate.model=OUT. Its images are noise: real work needs "
         "a real SD 1.5 / 2.1 / SDXL folder.",
     )
     tiny_sd.add_argument("out", help="folder to write")
     tiny_sd.add_argument("--size", type=int, default=32, help="image size in pixels")
     tiny_sd.add_argument("--seed", type=int, default=0)
     tiny_sd.set_defaults(func=cmd_generator_tiny_sd)
-
-    fr = commands.add_parser(
-        "train",
-        help="train a recognizer on shards, export ONNX",
-        description="Train the recipe's `train` section on SHARDS_DIR (LFW validation each "
-        "epoch), resume from OUT/checkpoint, export OUT/backbone.safetensors and OUT/model.onnx. "
-        "Evaluate with: facefoundry eval lfw --embedder onnx:OUT/model.onnx",
-    )
-    fr.add_argument("shards", metavar="SHARDS_DIR")
-    fr.add_argument("--out", required=True)
-    fr.add_argument("--recipe", default=None)
-    fr.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="e.g. --set train.epochs=5 --set train.backbone=r50",
-    )
-    fr.add_argument("--lfw", default=None)
-    fr.add_argument("--restart", action="store_true")
-    fr.set_defaults(func=cmd_train)
-
-    lfw_shards = commands.add_parser(
-        "lfw-shards", help="real-data shards from LFW people (the authentic baseline)"
-    )
-    lfw_shards.add_argument("--out", required=True)
-    lfw_shards.add_argument("--people", default="peopleDevTrain.txt")
-    lfw_shards.add_argument("--lfw", default=None)
-    lfw_shards.add_argument("--workers", type=int, default=2)
-    lfw_shards.set_defaults(func=cmd_lfw_shards)
