@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facefoundry import roc
 from facefoundry.evaluation.lfw import image_name
 
 N_FOLDS = 10
@@ -87,79 +88,52 @@ def ten_fold_accuracy(
 
 
 def roc_auc(scores: np.ndarray, same: np.ndarray) -> float:
-    """Area under the ROC curve = P(genuine score > impostor score), ties count half."""
-    scores, same = np.asarray(scores, float), np.asarray(same, bool)
-    genuine, impostor = scores[same], scores[~same]
-    if len(genuine) == 0 or len(impostor) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([genuine, impostor]), kind="mergesort")
-    ranks = np.empty(len(order), float)
-    values = np.concatenate([genuine, impostor])[order]
-    # average ranks over ties
-    _, first, counts = np.unique(values, return_index=True, return_counts=True)
-    average = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(average, counts)
-    rank_sum = ranks[: len(genuine)].sum()
-    return float(
-        (rank_sum - len(genuine) * (len(genuine) + 1) / 2) / (len(genuine) * len(impostor))
-    )
+    """Area under the ROC curve = P(genuine score > impostor score), ties count half;
+    NaN without both classes."""
+    return roc.auc(roc.roc(scores, same))
+
+
+def _far_tar(curve: roc.Roc | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if curve is None:
+        return np.empty(0), np.empty(0), np.empty(0)
+    return curve.fpr[1:], curve.tpr[1:], curve.thresholds[1:]  # without the accept-none point
 
 
 def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false accept rate, true accept rate, threshold) for every distinct score, descending."""
-    scores, same = np.asarray(scores, float), np.asarray(same, bool)
-    thresholds = np.unique(scores)[::-1]
-    genuine, impostor = np.sort(scores[same]), np.sort(scores[~same])
-    tar = 1.0 - np.searchsorted(genuine, thresholds, side="left") / max(len(genuine), 1)
-    far = 1.0 - np.searchsorted(impostor, thresholds, side="left") / max(len(impostor), 1)
-    return far, tar, thresholds
+    """(false accept rate, true accept rate, threshold) for every distinct score, descending;
+    a pair is accepted when its score is >= the threshold. Empty without both classes."""
+    return _far_tar(roc.roc(scores, same))
 
 
 def equal_error_rate(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """(EER, threshold) where the false accept and false reject rates meet (interpolated)."""
-    far, tar, thresholds = roc_curve(scores, same)
-    frr = 1.0 - tar
-    diff = far - frr  # rises from <= 0 (strict threshold) to >= 0
-    index = int(np.searchsorted(diff, 0.0, side="left"))
-    if index == 0:
-        return float((far[0] + frr[0]) / 2), float(thresholds[0])
-    if index >= len(diff):
-        return float((far[-1] + frr[-1]) / 2), float(thresholds[-1])
-    d0, d1 = diff[index - 1], diff[index]
-    weight = d0 / (d0 - d1) if d1 != d0 else 0.5
-    eer = far[index - 1] + weight * (far[index] - far[index - 1])
-    threshold = thresholds[index - 1] + weight * (thresholds[index] - thresholds[index - 1])
-    return float(eer), float(threshold)
+    """(EER, threshold) where the false accept and false reject rates meet (interpolated);
+    the threshold accepts scores >= it. NaN without both classes."""
+    return roc.equal_error_rate(roc.roc(scores, same))
 
 
 def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float = 1e-3) -> tuple[float, float]:
-    """(TAR, threshold) at the strictest threshold whose false accept rate is <= ``far``.
+    """(TAR, threshold) at the lowest threshold (an impostor score) whose false accept
+    rate is <= ``far``: the most genuine pairs accepted within that rate.
 
     A pair is accepted when its score is strictly above the threshold.
     """
-    scores, same = np.asarray(scores, float), np.asarray(same, bool)
-    impostor = np.sort(scores[~same])[::-1]
-    genuine = scores[same]
-    if len(impostor) == 0 or len(genuine) == 0:
-        return float("nan"), float("nan")
-    allowed = int(np.floor(far * len(impostor)))  # impostors we may accept
-    threshold = impostor[allowed] if allowed < len(impostor) else -np.inf
-    return float(np.mean(genuine > threshold)), float(threshold)
+    return roc.rate_at_fpr(roc.roc(scores, same), far)[:2]
 
 
 def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
     """All protocol figures for one set of pair scores."""
     accuracy, std, per_fold = ten_fold_accuracy(scores, same, folds)
-    eer, eer_threshold = equal_error_rate(scores, same)
-    tar, tar_threshold = tar_at_far(scores, same, 1e-3)
     scores, same = np.asarray(scores, float), np.asarray(same, bool)
-    far, tar_curve, _ = roc_curve(scores, same)
+    curve = roc.roc(scores, same)  # one curve for the AUC, EER, TAR@FAR and the plot
+    eer, eer_threshold = roc.equal_error_rate(curve)
+    tar, tar_threshold, _ = roc.rate_at_fpr(curve, 1e-3)
+    far, tar_curve, _ = _far_tar(curve)
     keep = np.unique(np.linspace(0, len(far) - 1, min(len(far), 200)).astype(int))
     return {
         "accuracy": accuracy,
         "accuracy_std": std,
         "fold_accuracies": per_fold,
-        "auc": roc_auc(scores, same),
+        "auc": roc.auc(curve),
         "eer": eer,
         "eer_threshold_cos": eer_threshold,
         "tar_at_far_1e-3": tar,

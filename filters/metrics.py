@@ -6,6 +6,8 @@ score is strictly above the threshold. Definitions (docs/filters.md):
 - FMR(t) = share of impostor scores > t; FNMR(t) = share of genuine scores <= t.
 - EER: where FMR and FNMR cross, interpolated linearly between adjacent scores.
 - FNMR at FMR x: at the lowest threshold t among impostor scores with FMR(t) <= x.
+  Both are read off scikit-learn's ROC curve in ``facefoundry.roc`` (shared with
+  ``evaluation/``).
 - FDR = (mu_g - mu_i)^2 / (sigma_g^2 + sigma_i^2)  (Fisher discriminant ratio).
 - d' = |mu_g - mu_i| / sqrt((sigma_g^2 + sigma_i^2) / 2)  (decidability).
 - DCFace uniqueness: share of identity centres with no other centre within cosine
@@ -20,6 +22,7 @@ import logging
 
 import numpy as np
 
+from facefoundry import roc
 from facefoundry.filters.groups import centroid_cosines, centroids, group_counts, valid_rows
 from facefoundry.filters.neighbours import nearest_other
 from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
@@ -51,34 +54,15 @@ def decidability(genuine: np.ndarray, impostor: np.ndarray) -> float:
     return float(abs(mu_g - mu_i) / spread) if spread > 0 else float("inf")
 
 
-def error_rates(
-    genuine: np.ndarray, impostor: np.ndarray, thresholds: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(FMR, FNMR) at each threshold: impostors > t, genuines <= t."""
-    genuine, impostor = np.sort(genuine), np.sort(impostor)
-    fmr = 1.0 - np.searchsorted(impostor, thresholds, side="right") / len(impostor)
-    fnmr = np.searchsorted(genuine, thresholds, side="right") / len(genuine)
-    return fmr, fnmr
+def _curve(genuine: np.ndarray, impostor: np.ndarray) -> roc.Roc | None:
+    scores = np.concatenate([np.asarray(genuine, float), np.asarray(impostor, float)])
+    return roc.roc(scores, np.arange(len(scores)) < len(genuine))
 
 
 def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
-    """(EER, cosine threshold) where FMR = FNMR, interpolated between adjacent distinct scores."""
-    genuine, impostor = np.asarray(genuine, float), np.asarray(impostor, float)
-    if not len(genuine) or not len(impostor):
-        return float("nan"), float("nan")
-    # operating points: accept all (t just below the lowest score), then t = each distinct score
-    scores = np.unique(np.concatenate([genuine, impostor]))
-    thresholds = np.concatenate([[np.nextafter(scores[0], -np.inf)], scores])
-    fmr, fnmr = error_rates(genuine, impostor, thresholds)
-    gap = fnmr - fmr  # rises from -1 (accept all) to +1 (accept none)
-    k = int(np.searchsorted(gap, 0.0, side="left"))
-    if k == 0:
-        return float(fmr[0]), float(scores[0])
-    g0, g1 = gap[k - 1], gap[k]
-    w = -g0 / (g1 - g0) if g1 != g0 else 0.5
-    eer = fmr[k - 1] + w * (fmr[k] - fmr[k - 1])
-    t0 = scores[0] if k == 1 else thresholds[k - 1]
-    return float(eer), float(t0 + w * (thresholds[k] - t0))
+    """(EER, cosine threshold) where FMR = FNMR, interpolated between adjacent distinct
+    scores; a match is a score > the threshold. NaN without both samples."""
+    return roc.equal_error_rate(_curve(genuine, impostor), strict=True)
 
 
 def fnmr_at_fmr(genuine: np.ndarray, impostor: np.ndarray, fmr: float) -> dict:
@@ -88,17 +72,18 @@ def fnmr_at_fmr(genuine: np.ndarray, impostor: np.ndarray, fmr: float) -> dict:
     1/len(impostor); with fewer than 1/fmr impostors the figure is the strictest
     measurable one (``resolved`` False).
     """
-    genuine, impostor = np.asarray(genuine, float), np.asarray(impostor, float)
-    if not len(genuine) or not len(impostor):
+    return _fnmr_at_fmr(_curve(genuine, impostor), fmr)
+
+
+def _fnmr_at_fmr(curve: roc.Roc | None, fmr: float) -> dict:
+    if curve is None:
         return {"fnmr": None, "threshold": None, "fmr": None, "resolved": False}
-    ranked = np.sort(impostor)[::-1]
-    allowed = int(np.floor(fmr * len(ranked)))  # impostors that may score above t
-    threshold = ranked[allowed] if allowed < len(ranked) else -np.inf
+    tmr, threshold, reached = roc.rate_at_fpr(curve, fmr)
     return {
-        "fnmr": float(np.mean(genuine <= threshold)),
-        "threshold": float(threshold),
-        "fmr": float(np.mean(impostor > threshold)),
-        "resolved": bool(len(impostor) * fmr >= 1),
+        "fnmr": 1.0 - tmr,
+        "threshold": threshold,
+        "fmr": reached,
+        "resolved": bool(curve.impostor * fmr >= 1),
     }
 
 
@@ -131,11 +116,12 @@ def verification_figures(genuine: np.ndarray, impostor: np.ndarray) -> dict:
     """EER, FNMR at FMR 1e-2 and 1e-3, FDR and d' of two score samples."""
     if not len(genuine) or not len(impostor):
         return {"eer": None, "eer_threshold": None, "fnmr_at_fmr": {}, "fdr": None, "d_prime": None}
-    eer, eer_threshold = equal_error_rate(genuine, impostor)
+    curve = _curve(genuine, impostor)  # one ROC for the EER and every FNMR
+    eer, eer_threshold = roc.equal_error_rate(curve, strict=True)
     return {
         "eer": eer,
         "eer_threshold": eer_threshold,
-        "fnmr_at_fmr": {f"{fmr:.0e}": fnmr_at_fmr(genuine, impostor, fmr) for fmr in FMR_POINTS},
+        "fnmr_at_fmr": {f"{fmr:.0e}": _fnmr_at_fmr(curve, fmr) for fmr in FMR_POINTS},
         "fdr": fisher_discriminant_ratio(genuine, impostor),
         "d_prime": decidability(genuine, impostor),
     }

@@ -24,7 +24,7 @@ from facefoundry.filters.pairs import (
     impostor_pairs,
     pair_scores,
 )
-from facefoundry.filters.testing import identity_samples, random_unit
+from tests.helpers.filters import identity_samples, random_unit
 
 GENUINE = np.array([0.6, 0.8, 1.0])
 IMPOSTOR = np.array([0.0, 0.2])
@@ -47,6 +47,29 @@ def test_eer_by_hand_and_at_the_extremes():
     assert equal_error_rate(np.array([0.8, 0.9]), np.array([0.1, 0.2]))[0] == 0.0
     same = np.random.default_rng(0).normal(0, 1, 20000)
     assert equal_error_rate(same[:10000], same[10000:])[0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_eer_and_fnmr_by_hand_with_ties():
+    genuine = np.array([0.9, 0.7, 0.7, 0.4])
+    impostor = np.array([0.7, 0.7, 0.2, 0.2])  # ties across and within the classes
+    # matches are scores > t. FNMR - FMR: -1/4 at t = 0.4 (FMR 1/2, FNMR 1/4), +3/4 at
+    # t = 0.7 (FMR 0, FNMR 3/4); they meet 1/4 of the way: EER 3/8 at t = 0.475
+    eer, threshold = equal_error_rate(genuine, impostor)
+    assert eer == pytest.approx(0.375) and threshold == pytest.approx(0.475)
+    # FMR <= 1/4 allows one impostor above t; the two at 0.7 pass together, so t = 0.7
+    figure = fnmr_at_fmr(genuine, impostor, 0.25)
+    assert figure["threshold"] == pytest.approx(0.7) and figure["fmr"] == 0.0
+    assert figure["fnmr"] == pytest.approx(0.75) and figure["resolved"]
+    figure = fnmr_at_fmr(genuine, impostor, 0.5)
+    assert figure["threshold"] == pytest.approx(0.2) and figure["fmr"] == pytest.approx(0.5)
+    assert figure["fnmr"] == 0.0
+    figure = fnmr_at_fmr(genuine, impostor, 1.0)  # every impostor may pass
+    assert figure == {"fnmr": 0.0, "threshold": float("-inf"), "fmr": 1.0, "resolved": True}
+    # an impostor tied with the top genuine scores: FMR 1/4 and FNMR 0 at t = 0.3
+    eer, threshold = equal_error_rate(np.array([1.0, 1.0]), np.array([1.0, 0.3, 0.2, 0.1]))
+    assert eer == pytest.approx(0.2) and threshold == pytest.approx(0.44)
+    assert np.isnan(equal_error_rate(genuine, impostor[:0])[0])
+    assert fnmr_at_fmr(genuine[:0], impostor, 0.1)["fnmr"] is None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

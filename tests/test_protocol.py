@@ -8,6 +8,7 @@ from facefoundry.evaluation.protocol import (
     equal_error_rate,
     read_pairs,
     roc_auc,
+    roc_curve,
     tar_at_far,
     ten_fold_accuracy,
     verification_metrics,
@@ -46,13 +47,50 @@ def test_auc_eer_and_tar_on_hand_made_scores():
     assert equal_error_rate(perfect, np.array([1, 1, 0, 0], bool))[0] == pytest.approx(0.0)
 
 
-def test_auc_agrees_with_scikit_learn_on_random_scores():
-    from sklearn.metrics import roc_auc_score
-
+def test_auc_counts_pairs_with_ties_as_half_on_random_scores():
     rng = np.random.default_rng(3)
     same = rng.random(500) < 0.5
-    scores = np.round(rng.normal(same * 0.8, 1.0), 2)  # rounding creates ties
-    assert roc_auc(scores, same) == pytest.approx(roc_auc_score(same, scores), abs=1e-12)
+    scores = np.round(rng.normal(same * 0.8, 1.0), 1)  # rounding creates many ties
+    genuine, impostor = scores[same][:, None], scores[~same][None, :]
+    by_pairs = np.mean((genuine > impostor) + 0.5 * (genuine == impostor))
+    assert roc_auc(scores, same) == pytest.approx(by_pairs, abs=1e-12)
+
+
+# genuine 0.9, 0.7, 0.7, 0.4; impostor 0.7, 0.7, 0.2, 0.2: ties across and within classes
+TIED = np.array([0.9, 0.7, 0.7, 0.4, 0.7, 0.7, 0.2, 0.2])
+TIED_SAME = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+
+
+def test_roc_figures_by_hand_with_ties():
+    # accepting scores >= 0.9, 0.7, 0.4, 0.2: FAR 0, 1/2, 1/2, 1; TAR 1/4, 3/4, 1, 1
+    far, tar, thresholds = roc_curve(TIED, TIED_SAME)
+    assert far.tolist() == [0.0, 0.5, 0.5, 1.0] and tar.tolist() == [0.25, 0.75, 1.0, 1.0]
+    assert thresholds.tolist() == [0.9, 0.7, 0.4, 0.2]
+    # 16 (genuine, impostor) pairs: 0.9 beats 4, each 0.7 beats 2 and ties 2, 0.4 beats 2
+    assert roc_auc(TIED, TIED_SAME) == pytest.approx(12 / 16)
+    # FAR - FRR: -3/4 at >= 0.9, +1/4 at >= 0.7; crossing 3/4 of the way: EER 3/8, t 0.75
+    eer, threshold = equal_error_rate(TIED, TIED_SAME)
+    assert eer == pytest.approx(0.375) and threshold == pytest.approx(0.75)
+    # TAR@FAR accepts scores > t; the tied impostors at 0.7 go in or out together
+    assert tar_at_far(TIED, TIED_SAME, far=0.25) == pytest.approx((0.25, 0.7))
+    assert tar_at_far(TIED, TIED_SAME, far=0.0) == pytest.approx((0.25, 0.7))
+    assert tar_at_far(TIED, TIED_SAME, far=0.5) == pytest.approx((1.0, 0.2))
+    assert tar_at_far(TIED, TIED_SAME, far=1.0) == (1.0, float("-inf"))
+
+
+def test_eer_when_an_impostor_ties_the_top_genuine_scores():
+    # genuine 1.0, 1.0; impostor 1.0, 0.3, 0.2, 0.1. From "accept none" (FAR 0, FRR 1) to
+    # ">= 1.0" (FAR 1/4, FRR 0) the rates meet at 1/(4 + 1) = 0.2
+    scores = np.array([1.0, 1.0, 1.0, 0.3, 0.2, 0.1])
+    same = np.array([1, 1, 0, 0, 0, 0], bool)
+    eer, threshold = equal_error_rate(scores, same)
+    assert eer == pytest.approx(0.2) and threshold == pytest.approx(1.0)
+
+
+def test_one_class_gives_nan_figures():
+    scores, same = np.array([0.3, 0.9]), np.array([True, True])
+    assert np.isnan(roc_auc(scores, same)) and np.isnan(equal_error_rate(scores, same)[0])
+    assert np.isnan(tar_at_far(scores, same)[0]) and len(roc_curve(scores, same)[0]) == 0
 
 
 def test_pairs_files_parse_with_folds(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
 
+from facefoundry import checkpoints
 from facefoundry.generators.identities import PRIOR_FILE, save_identity_prior
 from facefoundry.generators.idiff_face.config import IDiffFaceConfig
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
@@ -210,57 +209,31 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write checkpoint/ (training state) and model/ (EMA weights, a sampling folder)."""
-        final, partial = self.out_dir / "checkpoint", self.out_dir / "checkpoint.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        model = self.accelerator.unwrap_model(self.model)
-        tensors = {
-            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-        }
-        tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in self.ema.shadow.items()})
-        optimizer_state = self.optimizer.state_dict()
-        for index, state in optimizer_state["state"].items():
-            for name, value in state.items():
-                tensors[f"optim.{index}.{name}"] = (
-                    torch.as_tensor(value).detach().cpu().contiguous()
-                )
-        save_file(tensors, str(partial / "state.safetensors"))
-        meta = {
-            "step": self.step,
-            "param_groups": optimizer_state["param_groups"],
-            "settings": self.settings.model_dump(mode="json"),
-            "config": self.config.model_dump(mode="json"),
-            "history": self.history,
-        }
-        (partial / "state.json").write_text(json.dumps(meta))
-        old = self.out_dir / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        partial.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        """Write checkpoint/ (training state; ``facefoundry.checkpoints``) and model/ (EMA
+        weights, a sampling folder)."""
+        final = checkpoints.save_checkpoint(
+            self.out_dir / "checkpoint",
+            {"model": self.accelerator.unwrap_model(self.model), "ema": self.ema.shadow},
+            self.optimizer,
+            {
+                "step": self.step,
+                "settings": self.settings.model_dump(mode="json"),
+                "config": self.config.model_dump(mode="json"),
+                "history": self.history,
+            },
+        )
         self.export(self.out_dir / "model")
         return final
 
     def load_checkpoint(self, folder: str | Path | None = None) -> bool:
-        folder = Path(folder) if folder else self.out_dir / "checkpoint"
-        if not (folder / "state.json").is_file():
+        checkpoint = checkpoints.load_checkpoint(folder or self.out_dir / "checkpoint")
+        if checkpoint is None:
             return False
-        meta = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "state.safetensors"))
-        model = self.accelerator.unwrap_model(self.model)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.ema.shadow = {k[4:]: v.float() for k, v in tensors.items() if k.startswith("ema.")}
-        state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        self.step = int(meta["step"])
-        self.history = meta.get("history", [])
-        logger.info("resumed from %s at step %d", folder, self.step)
+        checkpoint.restore(self.optimizer, model=self.accelerator.unwrap_model(self.model))
+        self.ema.shadow = {k: v.float() for k, v in checkpoint.weights["ema"].items()}
+        self.step = int(checkpoint.state["step"])
+        self.history = checkpoint.state.get("history", [])
+        logger.info("resumed from %s at step %d", checkpoint.folder, self.step)
         return True
 
     def export(self, folder: str | Path) -> Path:
@@ -328,11 +301,10 @@ def train_idiff_face(
     data = FaceTrainingSet.load(data_path)
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
-    checkpoint = out_dir / "checkpoint" / "state.json"
+    checkpoint = checkpoints.load_checkpoint(out_dir / "checkpoint") if resume else None
     initial = None
-    if resume and checkpoint.is_file():
-        saved = json.loads(checkpoint.read_text())
-        config = IDiffFaceConfig.model_validate(saved["config"])
+    if checkpoint is not None:
+        config = IDiffFaceConfig.model_validate(checkpoint.state["config"])
     elif init_from:
         initial = IDiffFaceModel.from_pretrained(init_from)
         config = initial.config

@@ -6,34 +6,36 @@ DDPM schedule, optional VAE); ``fit_adapter`` trains its adapter on group canvas
 by (seed, step), and the optimizer moments are checkpointed (safetensors, never
 pickles), so a resumed run continues exactly as an uninterrupted one would.
 
-``out_dir`` holds ``model/`` (a ``save_model`` folder, also what generation loads),
-``state.json`` (step, history, optimizer param groups), ``optimizer.safetensors`` and
-``history.json`` (one dict of loss terms per step).
+``out_dir`` holds ``checkpoint/`` (``facefoundry.checkpoints``: adapter weights and
+optimizer moments in ``state.safetensors``; step, history, settings and optimizer param
+groups in ``state.json``: what a resume reads), ``model/`` (a ``save_model`` folder, what
+generation loads, with ``fit_step.json``) and ``history.json`` (one dict of loss terms per
+step). Each is replaced whole, the checkpoint first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from facefoundry import checkpoints
+from facefoundry.atomic import write_json_atomic
+from facefoundry.generators.multi_id.attention import install_identity_adapter
+from facefoundry.generators.multi_id.group_data import GroupCanvasSet
+from facefoundry.generators.multi_id.model import load_model, save_model
+from facefoundry.generators.multi_id.settings import MultiIdTrainSettings
+from facefoundry.generators.multi_id.train import make_optimizer, training_step
 from facefoundry.generators.seeds import sample_seed
 from facefoundry.generators.training_data import FaceTrainingSet
-from facefoundry.generators.with_anyone.attention import install_identity_adapter
-from facefoundry.generators.with_anyone.group_data import GroupCanvasSet
-from facefoundry.generators.with_anyone.model import load_model, save_model
-from facefoundry.generators.with_anyone.settings import MultiIdSettings
-from facefoundry.generators.with_anyone.train import make_optimizer, training_step
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "state.json"
-OPTIMIZER_NAME = "optimizer.safetensors"
+CHECKPOINT_NAME = "checkpoint"
+MODEL_NAME = "model"
 HISTORY_NAME = "history.json"
 STEP_NAME = "fit_step.json"  # inside model/: which step the saved weights belong to
 
@@ -111,7 +113,7 @@ def init_model_folder(
     return save_model(out, model, adapter, scheduler, autoencoder)
 
 
-def _device(settings: MultiIdSettings) -> str:
+def _device(settings: MultiIdTrainSettings) -> str:
     if settings.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return settings.device
@@ -123,69 +125,30 @@ def canvas_size(unet, vae=None) -> int:
     return int(unet.config.sample_size) * factor
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> list[dict]:
-    state = optimizer.state_dict()
-    tensors = {
-        f"{index}.{name}": torch.as_tensor(value).detach().cpu().contiguous()
-        for index, entry in state["state"].items()
-        for name, value in entry.items()
-    }
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"step": str(step)})
-    partial.replace(path)
-    return state["param_groups"]
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, param_groups: list) -> None:
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(path)).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
-
-
-def _write_json(path: Path, value) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value))
-    partial.replace(path)
-
-
 def _checkpoint(out_dir, unet, adapter, scheduler, vae, optimizer, step, history, meta) -> None:
-    """model/ (atomic: partial folder, then rename), optimizer, history, then state.json
-    last: state.json is the commit marker, and the step recorded in each part is checked
-    on resume."""
-    final, partial, old = (out_dir / n for n in ("model", "model.partial", "model.old"))
-    shutil.rmtree(partial, ignore_errors=True)
-    save_model(partial, unet, adapter, scheduler, vae)
-    (partial / STEP_NAME).write_text(json.dumps({"step": step}))
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    partial.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    groups = _save_optimizer(optimizer, out_dir / OPTIMIZER_NAME, step)
-    _write_json(out_dir / HISTORY_NAME, history)
-    _write_json(
-        out_dir / STATE_NAME,
-        {"step": step, "history": history, "param_groups": groups, **meta},
+    """checkpoint/ (the state a resume reads), then model/ and history.json."""
+    checkpoints.save_checkpoint(
+        out_dir / CHECKPOINT_NAME,
+        {"adapter": adapter},
+        optimizer,
+        {"step": step, "history": history, **meta},
     )
+    with checkpoints.atomic_folder(out_dir / MODEL_NAME) as folder:
+        save_model(folder, unet, adapter, scheduler, vae)
+        (folder / STEP_NAME).write_text(json.dumps({"step": step}))
+    write_json_atomic(out_dir / HISTORY_NAME, history, indent=None)
 
 
-def _resumable(out_dir: Path) -> dict | None:
-    """The saved state when out_dir holds a consistent checkpoint, else None."""
-    state_path, model = out_dir / STATE_NAME, out_dir / "model"
-    if not (state_path.is_file() and (model / STEP_NAME).is_file()):
-        return None
-    if not (out_dir / OPTIMIZER_NAME).is_file():
-        return None
-    state = json.loads(state_path.read_text())
-    model_step = json.loads((model / STEP_NAME).read_text())["step"]
-    if model_step != state["step"]:
+def _resumable(out_dir: Path) -> checkpoints.Checkpoint | None:
+    """The checkpoint in out_dir, if any."""
+    checkpoint = checkpoints.load_checkpoint(out_dir / CHECKPOINT_NAME)
+    if checkpoint is None and (out_dir / "optimizer.safetensors").is_file():
         raise RuntimeError(
-            f"{out_dir}: model/ is at step {model_step} but state.json at {state['step']} "
-            "(interrupted while saving); delete the folder or restore one of them"
+            f"{out_dir} holds a run saved by an older version (state.json + "
+            "optimizer.safetensors, no checkpoint/): train into a new folder, starting "
+            f"from {out_dir / MODEL_NAME}"
         )
-    return state
+    return checkpoint
 
 
 def fit_adapter(
@@ -195,7 +158,7 @@ def fit_adapter(
     id_network: nn.Module,
     steps: int,
     batch_size: int,
-    settings: MultiIdSettings,
+    settings: MultiIdTrainSettings,
     seed: int = 0,
     checkpoint_every: int = 100,
     progress: bool = True,
@@ -214,8 +177,11 @@ def fit_adapter(
     if not isinstance(data, FaceTrainingSet):
         data = FaceTrainingSet.load(data)
     device = _device(settings)
-    state = _resumable(out_dir)
-    source = out_dir / "model" if state else Path(model_folder)
+    checkpoint = _resumable(out_dir)
+    # resuming: the frozen parts from the run's own model folder (the adapter is then
+    # restored from the checkpoint, which may be newer)
+    resumed_model = checkpoint is not None and (out_dir / MODEL_NAME).is_dir()
+    source = out_dir / MODEL_NAME if resumed_model else Path(model_folder)
     unet, adapter, scheduler, vae = load_model(source, device, getattr(torch, settings.dtype))
     if data.embeddings.shape[1] != adapter.tokenizer.id_dim:
         raise ValueError(
@@ -237,9 +203,9 @@ def fit_adapter(
     )
     optimizer = make_optimizer(adapter, settings.learning_rate)
     step, history = 0, []
-    if state:
-        _load_optimizer(optimizer, out_dir / OPTIMIZER_NAME, state["param_groups"])
-        step, history = int(state["step"]), list(state["history"])
+    if checkpoint is not None:
+        checkpoint.restore(optimizer, adapter=adapter)
+        step, history = int(checkpoint.state["step"]), list(checkpoint.state["history"])
         logger.info("resuming %s at step %d", out_dir, step)
     meta = {"seed": seed, "batch_size": batch_size, "settings": settings.model_dump(mode="json")}
     if negatives is not None:
@@ -265,9 +231,9 @@ def fit_adapter(
             _checkpoint(out_dir, unet, adapter, scheduler, vae, optimizer, step, history, meta)
             saved = step
     bar.close()
-    if saved != step or not (out_dir / "model").is_dir():  # steps already reached on resume
+    if saved != step or not (out_dir / MODEL_NAME).is_dir():  # steps already reached on resume
         _checkpoint(out_dir, unet, adapter, scheduler, vae, optimizer, step, history, meta)
-    return out_dir / "model"
+    return out_dir / MODEL_NAME
 
 
 __all__ = ["canvas_size", "fit_adapter", "init_model_folder", "tiny_unet"]
