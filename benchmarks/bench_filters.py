@@ -7,6 +7,12 @@ Usage: python benchmarks/bench_filters.py [--quick] [--lfw DIR] [--calibration-o
          SFace and dlib on a 2-worker Dask cluster, EER and FMR calibration per model.
   quick: 3k/10k/30k de-duplication (no 100k figures), 50 planted among 5k, 100 LFW
          people with up to 4 images (< 2 minutes).
+Both: the bf16 screen's decisions against plain float32 (and faiss when installed) on
+data where merges happen: planted near-duplicates, many of them within the screen's
+error of tau on either side (screen_* keys; screen_check_pass is false when the merge
+sets or partners differ, or when the screen merges nothing or not exactly the planted;
+at tau 0.4 and at 0.4085, where bf16 rounding alone would flip decisions).
+The timing runs (dedup_*) are random vectors, where nothing is merged at tau 0.4.
 Last line: one JSON object with every figure.
 """
 
@@ -29,11 +35,12 @@ def dedup_child(n: int, dim: int, screen: str) -> None:
     """Run in a fresh process: time greedy_dedup on n random unit vectors; print JSON."""
     from facefoundry.filters.dedup import greedy_dedup
     from facefoundry.filters.neighbours import choose_screen
-    from facefoundry.filters.testing import random_unit
+    from tests.helpers.filters import random_unit
 
     vectors = random_unit(n, dim, seed=n)
     started = time.perf_counter()
-    result = greedy_dedup(vectors, 0.4, block=2048, screen=screen)
+    # torch pinned: with faiss installed "auto" would time faiss, which has no screen
+    result = greedy_dedup(vectors, 0.4, block=2048, backend="torch", screen=screen)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -64,7 +71,7 @@ def run_dedup(n: int, dim: int = 512, screen: str = "auto") -> dict:
 def planted(n: int, n_planted: int, seed: int = 7) -> dict:
     """Planted near-duplicate pairs (cos 0.45..0.95) and near misses (0.30..0.38) at tau 0.4."""
     from facefoundry.filters.dedup import greedy_dedup
-    from facefoundry.filters.testing import at_cosine, plant_duplicates
+    from tests.helpers.filters import at_cosine, plant_duplicates
 
     vectors, orig, dup = plant_duplicates(n, 512, n_planted, (0.45, 0.95), seed)
     rng = np.random.default_rng(seed)
@@ -75,7 +82,7 @@ def planted(n: int, n_planted: int, seed: int = 7) -> dict:
     )
     priority = rng.random(n)
     started = time.perf_counter()
-    result = greedy_dedup(vectors, 0.4, priority)
+    result = greedy_dedup(vectors, 0.4, priority, backend="torch")  # as before faiss was in dev
     seconds = time.perf_counter() - started
     merged = set(np.flatnonzero(~result.kept).tolist())
     found = 0
@@ -95,6 +102,109 @@ def planted(n: int, n_planted: int, seed: int = 7) -> dict:
         "planted_near_misses": n_planted,
         "planted_n": n,
         "planted_seconds": round(seconds, 2),
+    }
+
+
+def screen_data(n: int, n_planted: int, tau: float, seed: int = 21):
+    """Random 512-d unit rows with planted pairs: (vectors, orig, dup, expected merged rows).
+
+    Quarters of the planted pairs: clearly above tau (0.45-0.95), just above (tau + 1e-5
+    .. tau + 1e-3, where rounding the product to bf16 can land below tau), a little above
+    (tau + 1e-3 .. tau + 0.012, within the bf16 error) and just below (tau - 0.012 ..
+    tau - 1e-5: must stay). Only the first three quarters are merged.
+    """
+    from tests.helpers.filters import at_cosine, random_unit
+
+    rng = np.random.default_rng(seed)
+    vectors = random_unit(n, 512, seed)
+    chosen = rng.choice(n, size=2 * n_planted, replace=False)
+    orig, dup = chosen[:n_planted], chosen[n_planted:]
+    quarter = n_planted // 4
+    cos = np.concatenate(
+        [
+            rng.uniform(0.45, 0.95, quarter),
+            tau + rng.uniform(1e-5, 1e-3, quarter),
+            tau + rng.uniform(1e-3, 0.012, quarter),
+            tau - rng.uniform(1e-5, 0.012, n_planted - 3 * quarter),
+        ]
+    )
+    vectors[dup] = at_cosine(vectors[orig], cos, seed + 1000)
+    # the float32 cosine decides (at_cosine is exact to ~1e-7): expected from the vectors
+    exact = np.einsum("ij,ij->i", vectors[dup], vectors[orig])
+    return vectors, orig, dup, np.sort(dup[exact > tau])
+
+
+# 0.4: the default (Vec2Face's rule). 0.4085: just below the midpoint of two bf16 values
+# (0.408203125, 0.41015625), so products just above it round DOWN below it in bf16: a
+# screen without its float32 re-check (or with too small a margin) drops those merges.
+SCREEN_TAUS = (0.4, 0.4085)
+
+
+def screen_agreement(n: int, n_planted: int, taus: tuple = SCREEN_TAUS) -> dict:
+    """bf16 screen vs float32 (and faiss) de-duplication decisions on planted duplicates."""
+    from facefoundry.filters.dedup import greedy_dedup
+    from facefoundry.filters.neighbours import cpu_has_bf16, faiss_available
+
+    checks = []
+    for tau in taus:
+        vectors, orig, dup, expected = screen_data(n, n_planted, tau)
+        priority = np.random.default_rng(5).random(n)
+        priority[orig] += 1.0  # originals first: a planted duplicate merges into its original
+        results, seconds = {}, {}
+        backends = [("float32", "torch", "none"), ("bf16", "torch", "bf16")]
+        if faiss_available():
+            backends.append(("faiss", "faiss", "none"))
+        for label, backend, screen in backends:
+            started = time.perf_counter()
+            results[label] = greedy_dedup(vectors, tau, priority, backend=backend, screen=screen)
+            seconds[label] = round(time.perf_counter() - started, 2)
+        exact, screened = results["float32"], results["bf16"]
+        merged = {k: np.flatnonzero(~r.kept) for k, r in results.items()}
+        partner_of = dict(zip(dup.tolist(), orig.tolist(), strict=True))
+        right = sum(partner_of.get(int(i)) == screened.partner[i] for i in merged["bf16"])
+        check = {
+            "tau": tau,
+            "expected_merges": int(len(expected)),
+            "merges_float32": int(len(merged["float32"])),
+            "merges_bf16": int(len(merged["bf16"])),
+            "identical_merges": bool(np.array_equal(screened.kept, exact.kept)),
+            "identical_partners": bool(np.array_equal(screened.partner, exact.partner)),
+            "bf16_merges_are_the_planted": bool(np.array_equal(merged["bf16"], expected)),
+            "bf16_partner_right": int(right),
+            "seconds": seconds,
+        }
+        if "faiss" in results:
+            check["faiss_identical_merges"] = bool(
+                np.array_equal(results["faiss"].kept, exact.kept)
+            )
+            check["faiss_identical_partners"] = bool(
+                np.array_equal(results["faiss"].partner, exact.partner)
+            )
+        checks.append(check)
+    with_faiss = [c for c in checks if "faiss_identical_merges" in c]
+    return {
+        "screen_checks": checks,
+        "screen_check_n": n,
+        "screen_check_planted": n_planted,
+        "screen_merges_float32": sum(c["merges_float32"] for c in checks),
+        "screen_merges_bf16": sum(c["merges_bf16"] for c in checks),
+        "screen_identical_merges": all(c["identical_merges"] for c in checks),
+        "screen_identical_partners": all(c["identical_partners"] for c in checks),
+        "screen_cpu_bf16_native": cpu_has_bf16(),
+        "screen_check_pass": all(
+            c["identical_merges"]
+            and c["identical_partners"]
+            and c["expected_merges"] > 0
+            and c["bf16_merges_are_the_planted"]
+            and c["bf16_partner_right"] == c["expected_merges"]
+            for c in checks
+        ),
+        "faiss_identical_merges": all(c["faiss_identical_merges"] for c in with_faiss)
+        if with_faiss
+        else None,
+        "faiss_identical_partners": all(c["faiss_identical_partners"] for c in with_faiss)
+        if with_faiss
+        else None,
     }
 
 
@@ -119,7 +229,7 @@ def lfw_items(lfw, per_person: int, people: int | None, seed: int = 0) -> list:
 
 
 def partitions(items: list, size: int = 64) -> list:
-    from facefoundry.filters.distributed import Partition
+    from facefoundry.faces.embed_stage import Partition
 
     return [
         Partition(f"part-{i // size:05d}", items[i : i + size]) for i in range(0, len(items), size)
@@ -133,7 +243,7 @@ def dask_speedup(items: list, workdir: Path, repeats: int) -> dict:
     cluster start); the two are run alternately ``repeats`` times and the medians
     compared, so a burst of other load on a shared machine hits both alike.
     """
-    from facefoundry.filters.distributed import (
+    from facefoundry.faces.embed_stage import (
         embed_partitions,
         local_client,
         preload_models,
@@ -190,8 +300,8 @@ def lfw_separability(
     items: list, workdir: Path, n_impostor: int, calibration_out: str | None
 ) -> dict:
     from facefoundry.evaluation.protocol import equal_error_rate as reference_eer
+    from facefoundry.faces.embed_stage import embed_partitions
     from facefoundry.filters.calibrate import calibrate_embeddings, save_calibration
-    from facefoundry.filters.distributed import embed_partitions
     from facefoundry.filters.metrics import equal_error_rate, fnmr_at_fmr, verification_figures
     from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
     from facefoundry.filters.samples import read_samples
@@ -256,7 +366,7 @@ def stage_throughput(identities: int, per_identity: int) -> dict:
     """run_filter on synthetic 128-d sface/dlib-like embeddings (cosine thresholds)."""
     from facefoundry.filters.settings import FilterSettings
     from facefoundry.filters.stage import run_filter
-    from facefoundry.filters.testing import identity_samples, random_unit, write_embed_part
+    from tests.helpers.filters import identity_samples, random_unit, write_embed_part
 
     centres = random_unit(identities, 128, 1)
     sface, ident = identity_samples(centres, per_identity, 0.07, 2)
@@ -307,6 +417,13 @@ def main() -> None:
     print(
         "planted:",
         {k: figures[k] for k in ("planted_found", "planted_total", "false_merges")},
+        flush=True,
+    )
+
+    figures.update(screen_agreement(6_000, 400) if args.quick else screen_agreement(30_000, 1_200))
+    print(
+        "screen vs float32:",
+        {k: v for k, v in figures.items() if k.startswith(("screen_", "faiss_"))},
         flush=True,
     )
 

@@ -4,8 +4,19 @@ of the default model judged by an embedder it was NOT conditioned on.
 Usage: python benchmarks/bench_sampling.py [--quick] [--model models/idiff-face-lfw]
   full:  100 synthetic identities x 8 images (dpmsolver++ 25 steps), DDPM-1000 on a
          subset of the same seeds; judge dlib; ceiling from real LFW DevTest faces.
-  quick: 20 x 4, DDPM-1000 on 4 images.
+  quick: 20 x 4, DDPM-1000 on 8 images (4 identities x 2 seeds).
 Last line: one JSON object.
+
+Quality guard (same run, same identities, same seeds through both samplers, all pairs
+of those images): the fast sampler must keep the judge's genuine-minus-impostor gap of
+DDPM-1000 within GAP_TOLERANCE (0.02) and its EER within EER_TOLERANCE (one point).
+Where the sample cannot resolve that, the tolerance used is widened and reported: the
+gap's to 2 jackknife standard errors (over identities) of the paired difference, the
+EER's to one genuine pair (1 / genuine pairs). The genuine cosine alone is not a guard:
+a sampler that draws one face for every identity has a high genuine cosine, but no gap
+and an EER of ~0.5. Keys: gap_fast, gap_ddpm1000, gap_delta, gap_ratio, eer_fast,
+eer_ddpm1000, eer_delta, gap_delta_se, guard_* and quality_guard_pass (false on a
+failure, and when the reference gap is within the tolerance: a collapse would not show).
 """
 
 from __future__ import annotations
@@ -16,6 +27,111 @@ import time
 import numpy as np
 import torch
 from common import REPO, finish, machine
+
+GAP_TOLERANCE = 0.02  # the fast sampler's gap may be at most this much below DDPM-1000's
+EER_TOLERANCE = 0.01  # ... and its EER at most one point above
+
+
+def all_pairs(vectors: np.ndarray, identity_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, same) over every unordered pair of rows: no sampling noise in the guard."""
+    first, second = np.triu_indices(len(vectors), k=1)
+    scores = np.sum(vectors[first] * vectors[second], axis=1)
+    return scores, identity_of[first] == identity_of[second]
+
+
+def separation(vectors: np.ndarray, identity_of: np.ndarray) -> dict:
+    """Gap (mean genuine - mean impostor cosine) and EER over all pairs of these images."""
+    from facefoundry.evaluation.protocol import equal_error_rate
+
+    scores, same = all_pairs(vectors, identity_of)
+    return {
+        "gap": float(scores[same].mean() - scores[~same].mean()),
+        "eer": float(equal_error_rate(scores, same)[0]),
+        "genuine_pairs": int(same.sum()),
+        "impostor_pairs": int((~same).sum()),
+    }
+
+
+def _gap(vectors: np.ndarray, identity_of: np.ndarray) -> float:
+    scores, same = all_pairs(vectors, identity_of)
+    return float(scores[same].mean() - scores[~same].mean())
+
+
+def jackknife_se(fast: np.ndarray, reference: np.ndarray, identity_of: np.ndarray) -> dict:
+    """Leave-one-identity-out standard errors of the reference gap and of the paired
+    gap difference (fast - reference): how much the figures move with the identities
+    drawn, which on a few identities is more than the stated tolerance."""
+    identities = np.unique(identity_of)
+    k = len(identities)
+    if k < 3:
+        return {"delta": float("inf"), "reference": float("inf")}
+    deltas, references = [], []
+    for left_out in identities:
+        keep = identity_of != left_out
+        ref = _gap(reference[keep], identity_of[keep])
+        deltas.append(_gap(fast[keep], identity_of[keep]) - ref)
+        references.append(ref)
+
+    def se(values: list[float]) -> float:
+        values = np.asarray(values)
+        return float(np.sqrt((k - 1) / k * np.sum((values - values.mean()) ** 2)))
+
+    return {"delta": se(deltas), "reference": se(references)}
+
+
+def quality_guard(
+    fast_vectors: np.ndarray,
+    reference_vectors: np.ndarray,
+    identity_of: np.ndarray,
+    gap_tolerance: float = GAP_TOLERANCE,
+    eer_tolerance: float = EER_TOLERANCE,
+) -> dict:
+    """Fast sampler vs DDPM-1000 on the same identities and seeds (judge embeddings).
+
+    Fails when the fast gap is below the reference gap by more than the gap tolerance,
+    or its EER above the reference EER by more than the EER tolerance. Each tolerance
+    is the stated one, widened only where the measurement cannot resolve it: the gap's
+    to 2 jackknife standard errors of the paired difference (over identities), the
+    EER's to one genuine pair's worth (1 / genuine pairs). Inconclusive, and not passed,
+    when the reference gap is not above the gap tolerance: a sampler that collapsed
+    every identity into one face (gap 0) would then not be told apart.
+    """
+    fast = separation(fast_vectors, identity_of)
+    reference = separation(reference_vectors, identity_of)
+    noise = jackknife_se(fast_vectors, reference_vectors, identity_of)
+    gap_tol = max(gap_tolerance, 2 * noise["delta"])
+    eer_tol = max(eer_tolerance, 1.0 / max(fast["genuine_pairs"], 1))
+    gap_delta = fast["gap"] - reference["gap"]
+    eer_delta = fast["eer"] - reference["eer"]
+    reasons = []
+    if reference["gap"] <= gap_tol:
+        reasons.append(
+            f"inconclusive: DDPM-1000 gap {reference['gap']:.4f} <= tolerance {gap_tol:.4f} "
+            "(a collapse to one face would not show: more identities needed)"
+        )
+    if gap_delta < -gap_tol:
+        reasons.append(f"gap dropped by {-gap_delta:.4f} > {gap_tol:.4f}")
+    if eer_delta > eer_tol:
+        reasons.append(f"EER rose by {eer_delta:.4f} > {eer_tol:.4f}")
+    return {
+        "gap_fast": round(fast["gap"], 4),
+        "gap_ddpm1000": round(reference["gap"], 4),
+        "gap_delta": round(gap_delta, 4),
+        "gap_ratio": round(fast["gap"] / reference["gap"], 3) if reference["gap"] > 0 else None,
+        "eer_fast": round(fast["eer"], 4),
+        "eer_ddpm1000": round(reference["eer"], 4),
+        "eer_delta": round(eer_delta, 4),
+        "gap_delta_se": round(noise["delta"], 4),
+        "gap_ddpm1000_se": round(noise["reference"], 4),
+        "guard_gap_tolerance_stated": gap_tolerance,
+        "guard_gap_tolerance": round(gap_tol, 4),
+        "guard_eer_tolerance_stated": eer_tolerance,
+        "guard_eer_tolerance": round(eer_tol, 4),
+        "guard_identities": int(len(np.unique(identity_of))),
+        "guard_pairs": {"genuine": fast["genuine_pairs"], "impostor": fast["impostor_pairs"]},
+        "quality_guard_pass": not reasons,
+        "quality_guard": "pass" if not reasons else "FAIL: " + "; ".join(reasons),
+    }
 
 
 def judge(faces: np.ndarray, identity_of: np.ndarray, judge_spec: str, seed: int = 0) -> dict:
@@ -128,15 +244,24 @@ def main() -> None:
     ddpm_sub = judge(ddpm_images, identity_of[subset], args.judge)
     figures["genuine_cos_delta"] = round(fast_sub["genuine_cos"] - ddpm_sub["genuine_cos"], 4)
     figures["ddpm1000_subset"] = ddpm_sub
+    from facefoundry.faces import get_embedder
+
+    judge_embedder = get_embedder(args.judge)
+    figures.update(
+        quality_guard(
+            judge_embedder.embed_aligned(images[subset]),
+            judge_embedder.embed_aligned(ddpm_images),
+            identity_of[subset],
+        )
+    )
+    print("quality guard:", figures["quality_guard"], flush=True)
 
     # ceiling: real LFW DevTest faces through the same judge, at 112 px and shrunk to the
     # model's resolution and back
     from facefoundry.evaluation.aligned_pairs import aligned_pairs
 
     pairs = aligned_pairs("devtest", progress=False)
-    from facefoundry.faces import get_embedder
-
-    embedder = get_embedder(args.judge)
+    embedder = judge_embedder
     # quick: folds 1-2 of DevTest (200 pairs); full: all 1,000 pairs
     chosen = np.flatnonzero(pairs.folds < 2) if args.quick else np.arange(len(pairs.same))
     used = np.unique(np.concatenate([pairs.left[chosen], pairs.right[chosen]]))

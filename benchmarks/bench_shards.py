@@ -7,11 +7,13 @@ Figures (the last printed line is one JSON object):
                           over plain ``tarfile`` writing the same member bytes
   read_ratio_vs_tarfile   streaming read + decode to uint8 tensors (shard and sample
                           shuffle on) over ``tarfile`` + PIL decode to numpy
+  Both ratios are the MEDIAN of the per-repeat ratios (each repeat runs every method
+  back to back), with _min/_max/_runs beside them: never the best repeat.
   resume_identical        a writer killed with SIGKILL mid-way and re-run gives tars,
                           manifests and stats whose sha256 equal an uninterrupted run's
   peak_rss_mb_100k        peak RSS of a process writing 100k samples (and 10k, to show
                           that memory stays flat)
-Data: deterministic 112x112 JPEG faces (~4 kB, shards.testing), generated here.
+Data: deterministic 112x112 JPEG faces (~4 kB, tests/helpers/shards.py), generated here.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import describe, median_spread  # noqa: E402
 
 from facefoundry.shards import ShardSettings, finalize, shard_urls, stream_dataset, write_split  # noqa: E402
 from facefoundry.shards.index import IndexedShards  # noqa: E402
-from facefoundry.shards.testing import synthetic_face, synthetic_samples  # noqa: E402
 from facefoundry.shards.writer import encode_sample  # noqa: E402
+from tests.helpers.shards import synthetic_face, synthetic_samples  # noqa: E402
 
 PER_IDENTITY = 50
 POOL = 512
@@ -48,7 +53,7 @@ POOL = 512
 RSS_CHILD = """
 import json, sys, time
 from facefoundry.shards import ShardSettings, write_split
-from facefoundry.shards.testing import synthetic_face, synthetic_samples
+from tests.helpers.shards import synthetic_face, synthetic_samples
 n, out = int(sys.argv[1]), sys.argv[2]
 pool = [synthetic_face(i, 0) for i in range(512)]
 def status_mb(field):  # VmHWM: peak RSS of this process image (ru_maxrss survives exec)
@@ -68,7 +73,7 @@ KILL_CHILD = """
 import sys, time
 from pathlib import Path
 from facefoundry.shards import ShardSettings, write_split
-from facefoundry.shards.testing import synthetic_face, synthetic_samples
+from tests.helpers.shards import synthetic_face, synthetic_samples
 out, n, pause_at, ready = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 maxcount = int(sys.argv[5])
 pool = [synthetic_face(i, 0) for i in range(512)]
@@ -222,7 +227,10 @@ def main() -> None:
             )
         )
         settings = ShardSettings(maxcount=maxcount)
-        members = [encode_sample(s, settings).members for s in samples]
+        labels = {
+            identity: label for label, identity in enumerate(sorted({s.identity for s in samples}))
+        }
+        members = [encode_sample(s, settings, labels[s.identity]).members for s in samples]
         keys = [s.key for s in samples]
         payload_mb = sum(len(d) for m in members for _, d in m) / 1e6
 
@@ -242,10 +250,12 @@ def main() -> None:
                     shutil.rmtree(out)
         ours_dir = work / f"w_ours_{repeats - 1}"
         write = {k: n / statistics.median(v) for k, v in times.items()}
-        for k, v in write.items():
-            log(
-                f"write {k:16s} {v:9.0f} samples/s  (median of {repeats}; {payload_mb:.0f} MB payload)"
-            )
+        for k, v in times.items():
+            log(f"write {k:16s} {describe([n / t for t in v], 'samples/s', 0)}")
+        log(f"      ({payload_mb:.0f} MB payload per run)")
+        # each repeat ran every writer back to back: the ratio per repeat is paired
+        write_ratios = [t / o for t, o in zip(times["tarfile"], times["ours"], strict=True)]
+        log(f"write ratio ours/tarfile {describe(write_ratios)}")
 
         finalize(ours_dir)
         urls = shard_urls(ours_dir)
@@ -263,8 +273,12 @@ def main() -> None:
                 timed(lambda: sum(1 for _ in stream_dataset(ours_dir, batch_size=256)))
             )
         read = {k: n / statistics.median(v) for k, v in read_times.items()}
-        for k, v in read.items():
-            log(f"read  {k:16s} {v:9.0f} samples/s  (decode to uint8 arrays)")
+        for k, v in read_times.items():
+            log(f"read  {k:16s} {describe([n / t for t in v], 'samples/s', 0)} (decode to uint8)")
+        read_ratios = [
+            t / o for t, o in zip(read_times["tarfile_pil"], read_times["ours"], strict=True)
+        ]
+        log(f"read ratio ours/tarfile+PIL {describe(read_ratios)}")
 
         indexed = IndexedShards(ours_dir / "train.index.json")
         order = np.random.default_rng(0).permutation(n)[: min(n, 2000)]
@@ -286,15 +300,33 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load_end = os.getloadavg()[0]
+    write_spread, read_spread = median_spread(write_ratios), median_spread(read_ratios)
     result = {
-        "write_ratio_vs_tarfile": round(write["ours"] / write["tarfile"], 3),
-        "read_ratio_vs_tarfile": round(read["ours"] / read["tarfile_pil"], 3),
+        # headlines: the median of the per-repeat (paired) ratios; spread beside them
+        "write_ratio_vs_tarfile": write_spread["median"],
+        "write_ratio_vs_tarfile_min": write_spread["min"],
+        "write_ratio_vs_tarfile_max": write_spread["max"],
+        "write_ratio_vs_tarfile_runs": write_spread["runs"],
+        "read_ratio_vs_tarfile": read_spread["median"],
+        "read_ratio_vs_tarfile_min": read_spread["min"],
+        "read_ratio_vs_tarfile_max": read_spread["max"],
+        "read_ratio_vs_tarfile_runs": read_spread["runs"],
+        "ratio_of_median_rates": {
+            "write": round(write["ours"] / write["tarfile"], 3),
+            "read": round(read["ours"] / read["tarfile_pil"], 3),
+        },
         "resume_identical": resume_ok,
         "peak_rss_mb_100k": round(rss100["peak_mb"], 1),
         "peak_rss_mb_10k": round(rss10["peak_mb"], 1),
         "rss_before_write_mb_100k": round(rss100["before_mb"], 1),
-        "write_samples_per_s": {k: round(v) for k, v in write.items()},
-        "read_samples_per_s": {k: round(v) for k, v in read.items()},
+        "write_samples_per_s": {k: round(v) for k, v in write.items()},  # medians
+        "read_samples_per_s": {k: round(v) for k, v in read.items()},  # medians
+        "write_samples_per_s_spread": {
+            k: median_spread([n / t for t in v], 0) for k, v in times.items()
+        },
+        "read_samples_per_s_spread": {
+            k: median_spread([n / t for t in v], 0) for k, v in read_times.items()
+        },
         "random_access_samples_per_s": round(random_access),
         "write_100k_rows_per_s": round(rss100["rows"] / rss100["seconds"]),
         "resume": resume_info,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -55,3 +56,29 @@ def peak_gflops(seconds: float = 2.0) -> float:
 def finish(figures: dict) -> None:
     """Print the figures as one JSON object on the last line (the benchmarks' contract)."""
     print(json.dumps(figures, sort_keys=True))
+
+
+def median_spread(values, digits: int = 3) -> dict:
+    """Repeated measurements as the headline median with the spread, never the best.
+
+    ``{"median", "min", "max", "n", "runs"}``; ``runs`` keeps the order they were taken in.
+    """
+    runs = [float(v) for v in values]
+    if not runs:
+        raise ValueError("median_spread needs at least one measurement")
+    return {
+        "median": round(statistics.median(runs), digits),
+        "min": round(min(runs), digits),
+        "max": round(max(runs), digits),
+        "n": len(runs),
+        "runs": [round(v, digits) for v in runs],
+    }
+
+
+def describe(values, unit: str = "", digits: int = 3) -> str:
+    """'median M unit (min A - max B over n runs)': how a repeated figure is printed."""
+    s = median_spread(values, digits)
+    unit = f" {unit}" if unit else ""
+    if s["n"] == 1:
+        return f"{s['median']}{unit} (1 run: no spread)"
+    return f"median {s['median']}{unit} (min {s['min']} - max {s['max']} over {s['n']} runs)"

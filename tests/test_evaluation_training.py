@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from facefoundry.evaluation.backbones import get_model
-from facefoundry.evaluation.export import export_onnx, load_backbone, onnx_parity
-from facefoundry.evaluation.fr_train import FRTrainSettings, RecognizerTrainer, TrainingDataError
-from facefoundry.evaluation.losses import AdaFaceLoss, MarginHead, arcface, cosface
+from facefoundry.recognition.backbones import get_model
+from facefoundry.recognition.export import export_onnx, load_backbone, onnx_parity
+from facefoundry.recognition.losses import AdaFaceLoss, MarginHead, arcface, cosface
+from facefoundry.recognition.train import FRTrainSettings, RecognizerTrainer, TrainingDataError
 
 PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld"]
 
@@ -59,7 +59,20 @@ def test_partial_fc_keeps_positives_and_samples_negatives():
     chosen, remapped = head._partial(labels)
     assert len(chosen) == 10 and {3, 57, 99} <= set(chosen.tolist())
     assert torch.equal(chosen[remapped], labels)
-    assert torch.isfinite(head(torch.randn(4, 8), labels))
+    # the training loss is the margin loss over the sampled centres only (same draw)
+    embeddings = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    loss = head(embeddings, labels)
+    torch.manual_seed(2)
+    chosen, remapped = head._partial(labels)
+    cosine = torch.nn.functional.linear(
+        torch.nn.functional.normalize(embeddings, dim=1),
+        torch.nn.functional.normalize(head.weight[chosen], dim=1),
+    ).clamp(-1, 1)
+    expected = head.loss(cosine, remapped, embeddings.norm(dim=1, keepdim=True))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    full = head.eval()(embeddings, labels)  # eval: all 100 centres, a different softmax
+    assert full.item() != pytest.approx(loss.item(), rel=1e-3)
 
 
 def test_iresnet_state_dict_matches_arcface_torch_keys():
@@ -249,17 +262,37 @@ def test_validation_callbacks_score_bin_sets_during_training(lfw_shards, tmp_pat
             ]
             return np.stack([r / np.linalg.norm(r) for r in rows])
 
+    class ConstantEmbedder:  # every face the same vector: chance on balanced pairs
+        def embed(self, faces, flip_tta=True):
+            return np.tile(np.eye(1, 64), (len(faces), 1))
+
     assert validate(ContentHashEmbedder())["val_toy_accuracy"] == pytest.approx(1.0)
+    assert validate(ConstantEmbedder())["val_toy_accuracy"] == pytest.approx(0.5)
+    calls = []
+
+    def recording(trainer):  # the callback sees the trainer after each epoch's steps
+        calls.append((trainer.epoch, trainer.step))
+        return validate(trainer)
+
     trainer = RecognizerTrainer(
-        lfw_shards, tmp_path / "out", small_settings(epochs=1), validator=validate
+        lfw_shards, tmp_path / "out", small_settings(epochs=2), validator=recording
     )
-    entry = trainer.fit(progress=False)["history"][-1]
-    assert 0.0 <= entry["val_toy_accuracy"] <= 1.0 and "val_toy_accuracy_std" in entry
+    history = trainer.fit(progress=False)["history"]
+    assert calls == [(h["epoch"], h["step"]) for h in history] and len(calls) == 2
+    assert calls[0][1] > 0 and calls[1][1] > calls[0][1]  # scored during training, twice
+    # the figure recorded is the trained model's own score, not a stale or default one
+    assert history[-1]["val_toy_accuracy"] == validate(trainer)["val_toy_accuracy"]
+    assert "val_toy_accuracy_std" in history[-1]
     assert (tmp_path / "out" / "checkpoint" / "state.json").is_file()
 
 
 def test_a_dataset_smaller_than_a_batch_still_trains(lfw_shards, tmp_path):
     trainer = RecognizerTrainer(lfw_shards, tmp_path, small_settings(batch_size=512, epochs=1))
     assert trainer.batch_size == 32  # the 32 faces of the fixture
+    start = {k: v.detach().clone() for k, v in trainer.backbone.state_dict().items()}
     history = trainer.fit(progress=False)["history"]
-    assert history[-1]["step"] == 1 and history[-1]["loss"] is not None
+    assert history[-1]["step"] == 1
+    # a real margin loss (cosface, s=16: about s * m + log(C - 1) at random weights)
+    assert math.isfinite(history[-1]["loss"]) and 1.0 < history[-1]["loss"] < 20.0
+    moved = [k for k, v in trainer.backbone.state_dict().items() if not torch.equal(v, start[k])]
+    assert any(k.endswith("weight") for k in moved)  # the one step updated the backbone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facefoundry.filters import neighbours
 from facefoundry.filters.dedup import greedy_dedup, priority_order
 from facefoundry.filters.neighbours import (
     choose_backend,
@@ -12,7 +13,7 @@ from facefoundry.filters.neighbours import (
     nearest_in,
     nearest_other,
 )
-from facefoundry.filters.testing import at_cosine, plant_duplicates, random_unit, unit
+from tests.helpers.filters import at_cosine, plant_duplicates, random_unit, unit
 
 
 def brute_force_greedy(vectors: np.ndarray, tau: float, priority=None):
@@ -39,7 +40,8 @@ def test_planted_duplicates_found_exactly():
     vectors[near[20:]] = at_cosine(vectors[near[:20]], 0.38, seed=99)  # near misses stay
     priority = np.zeros(len(vectors))
     priority[orig] = 1.0  # the originals are "more consistent": they must be kept
-    result = greedy_dedup(vectors, tau, priority, block=512, screen="none")
+    # backend pinned: with faiss installed (the dev extra) "auto" would pick faiss
+    result = greedy_dedup(vectors, tau, priority, block=512, backend="torch", screen="none")
     assert set(np.flatnonzero(~result.kept)) == set(dup)
     assert np.array_equal(result.partner[dup], orig)
     expected = np.einsum("ij,ij->i", vectors[dup], vectors[orig])
@@ -56,7 +58,7 @@ def test_blocked_greedy_equals_brute_force(screen, block):
     centres = random_unit(40, 16, seed=1)
     vectors = unit(centres[rng.integers(0, 40, 1500)] + 0.35 * rng.standard_normal((1500, 16)))
     priority = rng.random(1500)
-    result = greedy_dedup(vectors, 0.8, priority, block=block, screen=screen)
+    result = greedy_dedup(vectors, 0.8, priority, block=block, backend="torch", screen=screen)
     keep, partner = brute_force_greedy(vectors, 0.8, priority)
     assert 50 < result.n_merged < 1450
     assert np.array_equal(result.kept, keep)
@@ -96,20 +98,21 @@ def test_dedup_refuses_nan_centroids():
 def test_nearest_other_and_nearest_in_match_brute_force():
     vectors = random_unit(1200, 24, seed=2)
     vectors[7] = vectors[500]  # an exact duplicate pair
-    ids, cos = nearest_other(vectors, block=256)
+    ids, cos = nearest_other(vectors, block=256, backend="torch")
     full = vectors @ vectors.T
     np.fill_diagonal(full, -np.inf)
     assert np.allclose(cos, full.max(axis=1), atol=1e-5)
     assert ids[7] == 500 and ids[500] == 7
     assert np.mean(ids == full.argmax(axis=1)) > 0.99  # ties aside
     queries, base = vectors[:100], vectors[100:]
-    where, best = nearest_in(queries, base, block=37)
+    where, best = nearest_in(queries, base, block=37, backend="torch")
     assert np.allclose(best, (queries @ base.T).max(axis=1), atol=1e-5)
     assert where[7] == 400
 
 
-@pytest.mark.skipif(faiss_available(), reason="faiss is installed: the fallback is not used")
-def test_faiss_is_optional():
+def test_faiss_is_optional(monkeypatch):
+    # runs whether or not faiss is installed: the import check is what decides
+    monkeypatch.setattr(neighbours, "faiss_available", lambda: False)
     assert choose_backend("auto") == "torch"
     with pytest.raises(ImportError, match="faiss"):
         choose_backend("faiss")
@@ -117,10 +120,67 @@ def test_faiss_is_optional():
         greedy_dedup(random_unit(10, 8), 0.4, backend="faiss")
 
 
-@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
-def test_faiss_backend_agrees_with_torch():
-    vectors, _, _ = plant_duplicates(3000, 64, 30, (0.5, 0.9), seed=9)
-    torch_result = greedy_dedup(vectors, 0.4, backend="torch")
-    faiss_result = greedy_dedup(vectors, 0.4, backend="faiss")
-    assert np.array_equal(torch_result.kept, faiss_result.kept)
-    assert np.array_equal(torch_result.partner, faiss_result.partner)
+def test_auto_backend_is_faiss_exactly_when_installed():
+    assert choose_backend("auto") == ("faiss" if faiss_available() else "torch")
+
+
+needs_faiss = pytest.mark.skipif(
+    not faiss_available(), reason="faiss is not installed (pip install -e '.[dev]')"
+)
+
+
+@needs_faiss
+@pytest.mark.parametrize("screen", ["none", "bf16"])
+def test_faiss_backend_merges_the_planted_duplicates_like_the_exact_path(screen):
+    # 512-d like real embeddings: the only pairs above tau are the planted ones, plus
+    # near misses just below tau that must stay; priorities keep the originals
+    tau = 0.4
+    vectors, orig, dup = plant_duplicates(3000, 512, 60, (0.41, 0.95), seed=9)
+    rng = np.random.default_rng(9)
+    free = np.setdiff1d(np.arange(len(vectors)), np.concatenate([orig, dup]))
+    near = rng.choice(free, size=60, replace=False)
+    vectors[near[30:]] = at_cosine(vectors[near[:30]], rng.uniform(0.385, 0.395, 30), seed=99)
+    priority = np.zeros(len(vectors))
+    priority[orig] = 1.0
+    exact = greedy_dedup(vectors, tau, priority, block=500, backend="torch", screen=screen)
+    fast = greedy_dedup(vectors, tau, priority, block=500, backend="faiss")
+    assert set(np.flatnonzero(~exact.kept)) == set(dup.tolist())  # the reference is right
+    assert np.array_equal(fast.kept, exact.kept)  # same merges
+    assert np.array_equal(fast.partner, exact.partner)  # same partners
+    assert np.array_equal(fast.partner[dup], orig)
+    assert np.allclose(fast.partner_cos[dup], exact.partner_cos[dup], atol=1e-5)
+    assert fast.kept[near].all()  # the near misses below tau stay
+
+
+@needs_faiss
+def test_faiss_backend_agrees_with_torch_on_chains_of_merges():
+    # clustered data: hundreds of merges inside and across blocks, partners chosen among many
+    rng = np.random.default_rng(11)
+    centres = random_unit(40, 16, seed=1)
+    vectors = unit(centres[rng.integers(0, 40, 1500)] + 0.35 * rng.standard_normal((1500, 16)))
+    priority = rng.random(1500)
+    torch_result = greedy_dedup(vectors, 0.8, priority, block=300, backend="torch")
+    faiss_result = greedy_dedup(vectors, 0.8, priority, block=300, backend="faiss")
+    keep, partner = brute_force_greedy(vectors, 0.8, priority)
+    assert 50 < faiss_result.n_merged < 1450
+    assert np.array_equal(faiss_result.kept, keep)
+    assert np.array_equal(faiss_result.kept, torch_result.kept)
+    assert np.array_equal(faiss_result.partner, torch_result.partner)
+    assert np.array_equal(faiss_result.partner, partner)
+
+
+@needs_faiss
+def test_faiss_nearest_search_agrees_with_torch():
+    vectors = random_unit(1200, 24, seed=2)
+    vectors[7] = vectors[500]  # an exact duplicate pair: each must find the other, not itself
+    ids_f, cos_f = nearest_other(vectors, block=256, backend="faiss")
+    ids_t, cos_t = nearest_other(vectors, block=256, backend="torch")
+    assert ids_f[7] == 500 and ids_f[500] == 7
+    assert np.allclose(cos_f, cos_t, atol=1e-5)
+    assert np.mean(ids_f == ids_t) > 0.99  # ties aside
+    queries, base = vectors[:100], vectors[100:]
+    where_f, best_f = nearest_in(queries, base, block=37, backend="faiss")
+    where_t, best_t = nearest_in(queries, base, block=37, backend="torch")
+    assert np.allclose(best_f, best_t, atol=1e-5)
+    assert np.array_equal(where_f, where_t)
+    assert where_f[7] == 400
