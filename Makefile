@@ -11,12 +11,13 @@ export OMP_NUM_THREADS ?= 2
 
 setup: $(STAMP)
 
-# Re-installs only when the dependency list changes; a second run is a no-op.
-$(STAMP): pyproject.toml
+# Re-installs only when the dependency ranges or the pinned versions change; a second run
+# is a no-op. constraints.txt pins every version (torch 2.13.0: the CPU build where pip finds it).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps insightface==2.1
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt insightface
 	touch $(STAMP)
 
 demo: $(STAMP)

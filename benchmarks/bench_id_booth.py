@@ -81,13 +81,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from facefoundry.evaluation.backbones import get_model
     from facefoundry.generators.id_booth.base import load_base
     from facefoundry.generators.id_booth.lora import load_lora
     from facefoundry.generators.id_booth.sample import sample_images
     from facefoundry.generators.id_booth.settings import IDBoothSettings
     from facefoundry.generators.id_booth.tiny import make_tiny_sd
     from facefoundry.generators.id_booth.train import IDBoothTrainer
+    from facefoundry.recognition.backbones import get_model
 
     faces = aligned_faces()
     work = Path(tempfile.mkdtemp(prefix="bench-id-booth-"))

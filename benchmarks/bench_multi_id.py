@@ -1,4 +1,4 @@
-"""Multi-identity generator (generators/with_anyone): faces per denoising pass and mask leakage.
+"""Multi-identity generator (generators/multi_id): faces per denoising pass and mask leakage.
 
 Usage: python benchmarks/bench_multi_id.py [--quick] [--threads 1]
   (a) the same-size UNet as models/idiff-face-lfw (random weights, 64 px group images,
@@ -53,7 +53,7 @@ def leakage(unet, adapter, id_dim: int) -> dict:
     changed = ids.clone()
     changed[0, 1] = torch.randn(id_dim)
     size = unet.config.sample_size
-    from facefoundry.generators.with_anyone.layout import box_masks
+    from facefoundry.generators.multi_id.layout import box_masks
 
     worst_a, least_b, most_b = 0.0, float("inf"), 0.0
     for name in adapter.layer_names:
@@ -92,10 +92,10 @@ def main() -> None:
     from diffusers import DDPMScheduler
 
     from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
-    from facefoundry.generators.with_anyone.attention import install_identity_adapter
-    from facefoundry.generators.with_anyone.generate import sample_groups
-    from facefoundry.generators.with_anyone.layout import sample_layout
-    from facefoundry.generators.with_anyone.model import make_sampler
+    from facefoundry.generators.multi_id.attention import install_identity_adapter
+    from facefoundry.generators.multi_id.generate import sample_groups
+    from facefoundry.generators.multi_id.layout import sample_layout
+    from facefoundry.generators.multi_id.model import make_sampler
 
     batch, steps = (4, 5) if args.quick else (8, 10)
     config = json.loads((REPO / "models" / "idiff-face-lfw" / "idiff_face.json").read_text())

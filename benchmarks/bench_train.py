@@ -32,7 +32,7 @@ CPU_RECIPE = dict(
 
 
 def throughput(shards_dir, settings_cls, steps: int = 8) -> dict:
-    from facefoundry.evaluation.fr_train import RecognizerTrainer
+    from facefoundry.recognition.train import RecognizerTrainer
 
     settings = settings_cls(**{**CPU_RECIPE, "val_pairs": None, "epochs": 1})
     trainer = RecognizerTrainer(shards_dir, "/tmp/ff-bench-train", settings)
@@ -68,11 +68,11 @@ def main() -> None:
 
     from safetensors.torch import load_file
 
-    from facefoundry.evaluation.export import onnx_parity
-    from facefoundry.evaluation.fr_train import FRTrainSettings, train_recognizer
     from facefoundry.evaluation.lfw import cache_dir
     from facefoundry.evaluation.lfw_shards import write_lfw_shards
     from facefoundry.evaluation.verify import evaluate_lfw
+    from facefoundry.recognition.export import onnx_parity
+    from facefoundry.recognition.train import FRTrainSettings, train_recognizer
 
     figures: dict = {"machine": machine(), "quick": args.quick}
     limit = 300 if args.quick else None
@@ -115,7 +115,7 @@ def main() -> None:
     started = time.perf_counter()
     model_dir = train_recognizer(shards_dir, out, settings, resume=False, progress=not args.quick)
     figures["train_seconds"] = round(time.perf_counter() - started, 1)
-    from facefoundry.evaluation.backbones import get_model
+    from facefoundry.recognition.backbones import get_model
 
     backbone = get_model(settings.backbone, num_features=settings.embedding_dim)
     backbone.load_state_dict(load_file(str(model_dir / "backbone.safetensors")))

@@ -72,11 +72,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    from facefoundry.evaluation.backbones import get_model
     from facefoundry.generators.id_booth.base import load_base
     from facefoundry.generators.id_booth.sample import sample_images
     from facefoundry.generators.id_booth.settings import IDBoothSettings
     from facefoundry.generators.id_booth.train import IDBoothTrainer
+    from facefoundry.recognition.backbones import get_model
 
     device = "cpu" if args.smoke else "cuda"
     torch.manual_seed(0)

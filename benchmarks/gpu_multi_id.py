@@ -51,10 +51,10 @@ def main() -> None:
 
     from diffusers import DDPMScheduler
 
-    from facefoundry.generators.with_anyone.attention import install_identity_adapter
-    from facefoundry.generators.with_anyone.generate import sample_groups
-    from facefoundry.generators.with_anyone.layout import sample_layout
-    from facefoundry.generators.with_anyone.model import make_sampler
+    from facefoundry.generators.multi_id.attention import install_identity_adapter
+    from facefoundry.generators.multi_id.generate import sample_groups
+    from facefoundry.generators.multi_id.layout import sample_layout
+    from facefoundry.generators.multi_id.model import make_sampler
 
     if args.smoke:
         torch.set_num_threads(1)

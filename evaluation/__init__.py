@@ -1,32 +1,25 @@
-"""evaluation: LFW and .bin verification protocol (later: FR training and reports)."""
+"""evaluation: the LFW (View 2, DevTest) and insightface .bin verification protocol that
+judges recognizers and embedders; training them lives in recognition/."""
 
 if __name__ != "facefoundry.evaluation":  # one import name, never two copies of a module
     raise ImportError("this package is installed as facefoundry.evaluation: import that")
 
-from facefoundry.evaluation.lfw import Lfw, LfwNotFoundError, data_dir, image_name
-from facefoundry.evaluation.protocol import (
-    Pair,
-    equal_error_rate,
-    read_pairs,
-    roc_auc,
-    tar_at_far,
-    ten_fold_accuracy,
-    verification_metrics,
-)
-from facefoundry.evaluation.verify import evaluate_bin, evaluate_lfw
+from facefoundry._lazy import lazy_exports
 
-__all__ = [
-    "Lfw",
-    "LfwNotFoundError",
-    "Pair",
-    "data_dir",
-    "equal_error_rate",
-    "evaluate_bin",
-    "evaluate_lfw",
-    "image_name",
-    "read_pairs",
-    "roc_auc",
-    "tar_at_far",
-    "ten_fold_accuracy",
-    "verification_metrics",
-]
+_EXPORTS = {
+    "Lfw": "lfw",
+    "LfwNotFoundError": "lfw",
+    "data_dir": "lfw",
+    "image_name": "lfw",
+    "Pair": "protocol",
+    "equal_error_rate": "protocol",
+    "read_pairs": "protocol",
+    "roc_auc": "protocol",
+    "tar_at_far": "protocol",
+    "ten_fold_accuracy": "protocol",
+    "verification_metrics": "protocol",
+    "evaluate_bin": "verify",
+    "evaluate_lfw": "verify",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facefoundry.atomic import atomic_open
 from facefoundry.evaluation.lfw import Lfw, cache_dir
 from facefoundry.evaluation.protocol import verification_metrics
 from facefoundry.evaluation.verify import load_pairs
@@ -82,9 +83,8 @@ def aligned_pairs(
             lfw, names, "centre", f"align LFW {pairs}", workers, progress
         ).aligned
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(cache.name + ".partial.npz")
-        np.savez(partial, faces=faces, names=np.array(names))
-        partial.replace(cache)
+        with atomic_open(cache) as handle:
+            np.savez(handle, faces=faces, names=np.array(names))
     position = {n: i for i, n in enumerate(names)}
     return AlignedPairs(
         faces=faces,

@@ -19,6 +19,9 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from facefoundry.atomic import atomic_path, write_text_atomic
+from facefoundry.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "lfw-deepfunneled.tgz"
@@ -33,7 +36,7 @@ PROTOCOL_FILES = (
 )
 
 
-class LfwNotFoundError(FileNotFoundError):
+class LfwNotFoundError(UsageError, FileNotFoundError):
     """LFW is not where we looked; the message says where and how to get it."""
 
 
@@ -92,18 +95,16 @@ class Lfw:
         if not index_path.is_file():
             target.mkdir(parents=True, exist_ok=True)
             logger.info("decompressing %s into %s (once)", self.archive, tar_path)
-            partial = tar_path.with_suffix(".tar.partial")
-            with gzip.open(self.archive, "rb") as source, open(partial, "wb") as sink:
-                shutil.copyfileobj(source, sink, 1 << 22)
             index = {}
-            with tarfile.open(partial, "r:") as tar:
-                for member in tar:
-                    if member.isfile():
-                        index[member.name.split("/", 1)[1]] = (member.offset_data, member.size)
-            partial.replace(tar_path)
-            tmp_index = index_path.with_suffix(".partial")
-            tmp_index.write_text(json.dumps(index))
-            tmp_index.replace(index_path)
+            with atomic_path(tar_path) as partial:
+                with gzip.open(self.archive, "rb") as source, open(partial, "wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 22)
+                with tarfile.open(partial, "r:") as tar:
+                    for member in tar:
+                        if member.isfile():
+                            name = member.name.split("/", 1)[1]
+                            index[name] = (member.offset_data, member.size)
+            write_text_atomic(index_path, json.dumps(index))
         self._index = {k: tuple(v) for k, v in json.loads(index_path.read_text()).items()}
         self._tar_path = tar_path
 

@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from facefoundry.atomic import atomic_path
+from facefoundry.errors import FacefoundryError
 from facefoundry.evaluation.lfw import ARCHIVE_NAME, PROTOCOL_FILES
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ PROTOCOL_SHA256 = {
 EXPECTED_IMAGES, EXPECTED_PEOPLE = 13233, 5749
 
 
-class OfflineError(RuntimeError):
+class OfflineError(FacefoundryError, RuntimeError):
     """No network: the message lists the manual steps."""
 
 
@@ -76,22 +78,22 @@ def download_lfw(dest: str | Path, base_url: str = DEFAULT_BASE_URL, timeout: fl
             name not in PROTOCOL_SHA256 or _sha256(path) == PROTOCOL_SHA256[name]
         ):
             continue
-        partial = path.with_suffix(path.suffix + ".partial")
-        try:
-            with (
-                urllib.request.urlopen(base_url + name, timeout=timeout) as response,
-                open(partial, "wb") as sink,
-            ):
-                while block := response.read(1 << 20):
-                    sink.write(block)
-        except (urllib.error.URLError, OSError) as error:
-            partial.unlink(missing_ok=True)
-            raise OfflineError(f"{error}\n" + offline_instructions(Path(dest), base_url)) from error
-        expected = PROTOCOL_SHA256.get(name)
-        if expected and _sha256(partial) != expected:
-            partial.unlink()
-            raise ValueError(f"{name} from {base_url} has the wrong SHA-256 (expected {expected})")
-        partial.replace(path)
+        with atomic_path(path) as partial:
+            try:
+                with (
+                    urllib.request.urlopen(base_url + name, timeout=timeout) as response,
+                    open(partial, "wb") as sink,
+                ):
+                    while block := response.read(1 << 20):
+                        sink.write(block)
+            except (urllib.error.URLError, OSError) as error:
+                message = f"{error}\n" + offline_instructions(Path(dest), base_url)
+                raise OfflineError(message) from error
+            expected = PROTOCOL_SHA256.get(name)
+            if expected and _sha256(partial) != expected:
+                raise ValueError(
+                    f"{name} from {base_url} has the wrong SHA-256 (expected {expected})"
+                )
     check_archive(target / ARCHIVE_NAME)
     sums = {name: _sha256(target / name) for name in (*PROTOCOL_FILES, ARCHIVE_NAME)}
     (target / "SHA256SUMS").write_text("".join(f"{v}  {k}\n" for k, v in sums.items()))

@@ -128,3 +128,29 @@ def _as_112(image: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)
+
+
+def evaluate_stage(model: str, out_dir: Path, settings) -> dict:
+    """The evaluate stage: every LFW pair set and .bin file of ``settings``
+    (``EvalSettings``) for one recognizer, one JSON per benchmark in ``out_dir``."""
+    import json
+
+    results = {}
+    for pairs in settings.pairs:
+        figures = evaluate_lfw(
+            model,
+            pairs,
+            settings.lfw,
+            settings.detector,
+            settings.workers,
+            settings.flip_tta,
+            folds=settings.folds,
+            progress=False,
+        )
+        (out_dir / f"lfw-{pairs}.json").write_text(json.dumps(figures, indent=1))
+        results[f"lfw-{pairs}"] = round(figures["accuracy"], 4)
+    for path in settings.bins:
+        figures = evaluate_bin(path, model, settings.flip_tta)
+        (out_dir / f"{Path(path).stem}.json").write_text(json.dumps(figures, indent=1))
+        results[Path(path).stem] = round(figures["accuracy"], 4)
+    return {"accuracy": results}

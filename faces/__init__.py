@@ -7,38 +7,32 @@ ArcFace template; embeddings are float32 unit vectors compared by cosine.
 if __name__ != "facefoundry.faces":  # one import name, never two copies of a module
     raise ImportError("this package is installed as facefoundry.faces: import that")
 
-from facefoundry.faces.align import ALIGNED_SIZE, ARCFACE_TEMPLATE, align_face
-from facefoundry.faces.detect import Detection, Detector, get_detector, select_face
-from facefoundry.faces.embedders import EMBEDDER_HELP, Embedder, get_embedder, l2_normalise
-from facefoundry.faces.io import FaceImageError, decode_image, load_image
-from facefoundry.faces.models import ModelFileError
-from facefoundry.faces.pipeline import (
-    FaceBatchResult,
-    FaceOutcome,
-    process_images,
-    process_images_parallel,
-    result_to_table,
-)
+from facefoundry._lazy import lazy_exports
 
-__all__ = [
-    "ALIGNED_SIZE",
-    "ARCFACE_TEMPLATE",
-    "EMBEDDER_HELP",
-    "Detection",
-    "Detector",
-    "Embedder",
-    "FaceBatchResult",
-    "FaceImageError",
-    "FaceOutcome",
-    "ModelFileError",
-    "align_face",
-    "decode_image",
-    "get_detector",
-    "get_embedder",
-    "l2_normalise",
-    "load_image",
-    "process_images",
-    "process_images_parallel",
-    "result_to_table",
-    "select_face",
-]
+_EXPORTS = {
+    "Partition": "embed_stage",
+    "embed_partition": "embed_stage",
+    "embed_partitions": "embed_stage",
+    "ALIGNED_SIZE": "align",
+    "ARCFACE_TEMPLATE": "align",
+    "align_face": "align",
+    "Detection": "detect",
+    "Detector": "detect",
+    "get_detector": "detect",
+    "select_face": "detect",
+    "EMBEDDER_HELP": "embedders",
+    "Embedder": "embedders",
+    "get_embedder": "embedders",
+    "l2_normalise": "embedders",
+    "FaceImageError": "io",
+    "decode_image": "io",
+    "load_image": "io",
+    "ModelFileError": "models",
+    "FaceBatchResult": "pipeline",
+    "FaceOutcome": "pipeline",
+    "process_images": "pipeline",
+    "process_images_parallel": "pipeline",
+    "result_to_table": "pipeline",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""Dask for the heavy, embarrassingly parallel parts: embedding partitions and reading parts.
+"""The embed stage: candidate images -> ``embed/part-NNNNN.parquet`` (faces + embeddings).
 
 ``embed_partitions`` turns partitions of candidate images into
 ``embed/part-NNNNN.parquet`` files on a ``dask.distributed`` cluster (by default a
@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from facefoundry.filters.samples import META_PREFIX, SampleTable, fixed_list, merge_parts, read_part
+from facefoundry.atomic import atomic_path, write_text_atomic
+from facefoundry.faces.parts import META_PREFIX, fixed_list
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +224,8 @@ def embed_partition(
     table = embed_items(items, found, models, **(options or {}))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     summary = {
         "path": str(out),
         "rows": table.num_rows,
@@ -236,9 +236,7 @@ def embed_partition(
         "cpu_seconds": time.process_time() - cpu,
     } | model_loads()
     stats = stats_path(out)
-    tmp = stats.with_name(stats.name + ".partial")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(stats)
+    write_text_atomic(stats, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -344,27 +342,3 @@ def embed_partitions(
         loads,
     )
     return paths
-
-
-def read_parts_distributed(
-    parts: Sequence[str | Path],
-    embedders: Sequence[str],
-    *,
-    workers: int = 2,
-    client=None,
-    run_dir: str | Path | None = None,
-) -> SampleTable:
-    """Read many embed parts in parallel on Dask and merge them (for metrics over many parts)."""
-    own = client is None
-    client = client or local_client(workers)
-    try:
-        futures = client.map(
-            read_part, [str(p) for p in parts], embedders=list(embedders), pure=False
-        )
-        arrays = client.gather(futures)
-    finally:
-        if own:
-            cluster = client.cluster
-            client.close()
-            cluster.close()
-    return merge_parts(arrays, Path(run_dir) if run_dir else None)

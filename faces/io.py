@@ -11,10 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facefoundry.errors import UsageError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class FaceImageError(ValueError):
+class FaceImageError(UsageError, ValueError):
     """An input that is not a decodable image; the message names the file."""
 
 
@@ -23,7 +25,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     if not data:
         raise FaceImageError(f"{name}: empty file (0 bytes), not an image")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)  # BGR, alpha dropped, grey expanded
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)  # BGR, alpha dropped, grey expanded
+    except cv2.error as error:  # e.g. a header claiming more pixels than OpenCV allows
+        first = str(error).strip().splitlines()[-1][:160]
+        raise FaceImageError(f"{name}: refused by the image decoder ({first})") from None
     if image is None or image.size == 0:
         raise FaceImageError(
             f"{name}: cannot be decoded as an image ({len(data)} bytes; corrupt, truncated "

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from facefoundry.errors import FacefoundryError
+
 logger = logging.getLogger(__name__)
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(FacefoundryError, RuntimeError):
     """A model file is missing, unreadable or not the expected file."""
 
 

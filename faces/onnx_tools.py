@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from facefoundry.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -103,9 +105,8 @@ def write_folded(source: Path, destination: Path) -> Path:
     """Fold ``source`` into ``destination`` atomically (write a temporary, then rename)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     folded = fold_constant_weights(onnx.load(str(source)))
-    temporary = destination.with_suffix(destination.suffix + ".tmp")
-    onnx.save(folded, str(temporary))
-    temporary.replace(destination)
+    with atomic_path(destination) as temporary:
+        onnx.save(folded, str(temporary))
     logger.info("folded %s into %s", source, destination)
     return destination
 

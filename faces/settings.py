@@ -8,14 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class FaceSettings(BaseModel):
-    """How images become aligned faces and embeddings."""
+    """How generated images become aligned faces (the embed stage).
+
+    Which embedders run is decided by the filter section (its filter, judge and privacy
+    embedders); the detector's confidence floor is ``filter.min_det_score``."""
 
     model_config = ConfigDict(extra="forbid")
 
     detector: str = Field("yunet", description="yunet | dlib | insightface:PATH.onnx")
-    embedder: str = Field("sface", description="sface | dlib | onnx:PATH | insightface:DIR")
     selection: Literal["central", "largest", "score"] = "central"
-    no_face: Literal["reject", "centre"] = "reject"
-    min_det_score: float = Field(0.6, ge=0.0, le=1.0)
-    workers: int = Field(2, ge=1)
-    batch_size: int = Field(64, ge=1)
+    no_face: Literal["reject", "centre"] = Field(
+        "reject", description="reject: record no_face; centre: embed a centred crop"
+    )
+    batch_size: int = Field(64, ge=1, description="faces per embedder call (speed only)")

@@ -10,95 +10,59 @@ similarities of unit embeddings unless a name says distance. See docs/filters.md
 if __name__ != "facefoundry.filters":  # one import name, never two copies of a module
     raise ImportError("this package is installed as facefoundry.filters: import that")
 
-from facefoundry.filters.calibrate import (
-    Calibration,
-    CalibrationError,
-    ResolvedThreshold,
-    calibrate_embeddings,
-    calibrate_images,
-    find_calibration,
-    resolve_threshold,
-    save_calibration,
-    threshold_at_fmr,
-)
-from facefoundry.filters.decide import FilterResult, IdentityDecisions, Rules, apply_filters
-from facefoundry.filters.dedup import DedupResult, greedy_dedup
-from facefoundry.filters.distributed import Partition, embed_partitions, read_parts_distributed
-from facefoundry.filters.funnel import ALL_REASONS, IDENTITY_REASONS, SAMPLE_REASONS, build_funnel
-from facefoundry.filters.groups import centroid_cosines, centroids, valid_rows
-from facefoundry.filters.metrics import consistency as dcface_consistency
-from facefoundry.filters.metrics import (
-    dataset_metrics,
-    decidability,
-    equal_error_rate,
-    fisher_discriminant_ratio,
-    fnmr_at_fmr,
-)
-from facefoundry.filters.metrics import uniqueness as dcface_uniqueness
-from facefoundry.filters.neighbours import faiss_available, nearest_in, nearest_other
-from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
-from facefoundry.filters.privacy import (
-    ReferenceSet,
-    load_reference,
-    privacy_check,
-    reference_from_arrays,
-)
-from facefoundry.filters.sample_rules import face_reasons, quantile_trim
-from facefoundry.filters.samples import SampleTable, embedding_column, read_samples
-from facefoundry.filters.settings import FilterSettings, Threshold
-from facefoundry.filters.stage import compute_metrics, resolve_rules, run_filter
+from facefoundry._lazy import lazy_exports
 
-__all__ = [
-    "ALL_REASONS",
-    "IDENTITY_REASONS",
-    "SAMPLE_REASONS",
-    "Calibration",
-    "CalibrationError",
-    "DedupResult",
-    "FilterResult",
-    "FilterSettings",
-    "IdentityDecisions",
-    "Partition",
-    "ReferenceSet",
-    "ResolvedThreshold",
-    "Rules",
-    "SampleTable",
-    "Threshold",
-    "apply_filters",
-    "build_funnel",
-    "calibrate_embeddings",
-    "calibrate_images",
-    "centroid_cosines",
-    "centroids",
-    "compute_metrics",
-    "dataset_metrics",
-    "dcface_consistency",
-    "dcface_uniqueness",
-    "decidability",
-    "embed_partitions",
-    "embedding_column",
-    "equal_error_rate",
-    "face_reasons",
-    "faiss_available",
-    "find_calibration",
-    "fisher_discriminant_ratio",
-    "fnmr_at_fmr",
-    "genuine_pairs",
-    "greedy_dedup",
-    "impostor_pairs",
-    "load_reference",
-    "nearest_in",
-    "nearest_other",
-    "pair_scores",
-    "privacy_check",
-    "quantile_trim",
-    "read_parts_distributed",
-    "read_samples",
-    "reference_from_arrays",
-    "resolve_rules",
-    "resolve_threshold",
-    "run_filter",
-    "save_calibration",
-    "threshold_at_fmr",
-    "valid_rows",
-]
+_EXPORTS = {
+    "Calibration": "calibrate",
+    "CalibrationError": "calibrate",
+    "ResolvedThreshold": "calibrate",
+    "calibrate_embeddings": "calibrate",
+    "calibrate_images": "calibrate",
+    "find_calibration": "calibrate",
+    "resolve_threshold": "calibrate",
+    "save_calibration": "calibrate",
+    "threshold_at_fmr": "calibrate",
+    "FilterResult": "decide",
+    "IdentityDecisions": "decide",
+    "Rules": "decide",
+    "apply_filters": "decide",
+    "DedupResult": "dedup",
+    "greedy_dedup": "dedup",
+    "read_parts_distributed": "samples",
+    "ALL_REASONS": "funnel",
+    "IDENTITY_REASONS": "funnel",
+    "SAMPLE_REASONS": "funnel",
+    "build_funnel": "funnel",
+    "centroid_cosines": "groups",
+    "centroids": "groups",
+    "valid_rows": "groups",
+    "dcface_consistency": "metrics:consistency",
+    "dataset_metrics": "metrics",
+    "decidability": "metrics",
+    "equal_error_rate": "metrics",
+    "fisher_discriminant_ratio": "metrics",
+    "fnmr_at_fmr": "metrics",
+    "dcface_uniqueness": "metrics:uniqueness",
+    "faiss_available": "neighbours",
+    "nearest_in": "neighbours",
+    "nearest_other": "neighbours",
+    "genuine_pairs": "pairs",
+    "impostor_pairs": "pairs",
+    "pair_scores": "pairs",
+    "ReferenceSet": "privacy",
+    "load_reference": "privacy",
+    "privacy_check": "privacy",
+    "reference_from_arrays": "privacy",
+    "face_reasons": "sample_rules",
+    "quantile_trim": "sample_rules",
+    "SampleTable": "samples",
+    "embedding_column": "samples",
+    "read_samples": "samples",
+    "FilterSettings": "settings",
+    "Threshold": "settings",
+    "compute_metrics": "stage",
+    "resolve_rules": "stage",
+    "run_filter": "stage",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

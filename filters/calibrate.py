@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from facefoundry.atomic import write_text_atomic
+from facefoundry.errors import UsageError
 from facefoundry.filters.groups import valid_rows
 from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
 from facefoundry.filters.samples import embedder_name
@@ -34,7 +36,7 @@ MIN_EVENTS = 10  # an FMR needs at least this many impostor pairs above its thre
 FMR_GRID = tuple(float(f"{10 ** (-k / 10):.3g}") for k in range(10, 61))  # 1e-1 .. 1e-6
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UsageError, ValueError):
     """No usable calibration; the message says how to make one."""
 
 
@@ -200,9 +202,7 @@ def save_calibration(calibration: Calibration, path: str | Path | None = None) -
     if path.suffix != ".json":
         path = path / calibration_filename(calibration)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(calibration.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, calibration.model_dump_json(indent=2) + "\n")
     return path
 
 

@@ -21,10 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-logger = logging.getLogger(__name__)
+from facefoundry.faces.parts import META_PREFIX, STATUS_OK, fixed_list  # noqa: F401
 
-STATUS_OK = "ok"
-META_PREFIX = "facefoundry.embedder."
+logger = logging.getLogger(__name__)
 
 
 def embedder_name(spec: str) -> str:
@@ -199,8 +198,8 @@ def read_part(path: str | Path, embedders: Sequence[str]) -> dict:
     return out
 
 
-def _identities_from_generate(run_dir: Path, keys: np.ndarray) -> np.ndarray | None:
-    parts = sorted((run_dir / "generate").glob("part-*.parquet")) if run_dir.is_dir() else []
+def _identities_from_generate(generate_dir: Path, keys: np.ndarray) -> np.ndarray | None:
+    parts = sorted(generate_dir.glob("part-*.parquet")) if generate_dir.is_dir() else []
     if not parts:
         return None
     tables = [pq.read_table(p, columns=["key", "identity"]) for p in parts]
@@ -208,7 +207,7 @@ def _identities_from_generate(run_dir: Path, keys: np.ndarray) -> np.ndarray | N
     lookup = dict(zip(table["key"].to_pylist(), table["identity"].to_pylist(), strict=True))
     missing = [k for k in keys[:5] if k not in lookup]
     if missing:
-        raise KeyError(f"samples {missing} have no identity in {run_dir / 'generate'}")
+        raise KeyError(f"samples {missing} have no identity in {generate_dir}")
     return np.asarray([lookup[k] for k in keys])
 
 
@@ -225,7 +224,7 @@ def identity_from_key(keys: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
-def merge_parts(parts: Sequence[dict], run_dir: Path | None = None) -> SampleTable:
+def merge_parts(parts: Sequence[dict], generate_dir: Path | None = None) -> SampleTable:
     """Concatenate part arrays into one SampleTable; resolve identities if the parts lack them."""
     if not parts:
         raise ValueError("no parts to merge")
@@ -236,7 +235,7 @@ def merge_parts(parts: Sequence[dict], run_dir: Path | None = None) -> SampleTab
     if all("identity" in p for p in parts):
         identities = np.concatenate([p["identity"] for p in parts])
     else:
-        identities = _identities_from_generate(run_dir, keys) if run_dir else None
+        identities = _identities_from_generate(generate_dir, keys) if generate_dir else None
         if identities is None:
             identities = identity_from_key(keys)
     checksums: dict[str, str] = {}
@@ -255,26 +254,52 @@ def merge_parts(parts: Sequence[dict], run_dir: Path | None = None) -> SampleTab
     )
 
 
-def run_dir_of(path: str | Path) -> Path | None:
-    """The run directory of a run / embed folder (where ``generate/`` would be); None for a file."""
+def generate_dir_beside(path: str | Path) -> Path | None:
+    """Where a run's ``generate/`` folder would be for a run or embed folder (the CLI's
+    guess when no folder is given); None for a single file."""
     path = Path(path)
     if (path / "embed").is_dir():
-        return path
-    return path.parent if path.is_dir() else None
+        return path / "generate"
+    return path.parent / "generate" if path.is_dir() else None
 
 
-def read_samples(path: str | Path, embedders: Sequence[str]) -> SampleTable:
-    """Read every embed part under ``path`` (run dir, embed dir or one parquet file)."""
+def read_samples(
+    path: str | Path, embedders: Sequence[str], generate_dir: str | Path | None = None
+) -> SampleTable:
+    """Read every embed part under ``path`` (run dir, embed dir or one parquet file);
+    identities come from the parts, else from ``generate_dir``'s chunk tables."""
     parts = find_parts(path)
     arrays = [read_part(p, embedders) for p in parts]
-    table = merge_parts(arrays, run_dir_of(path))
+    generate = Path(generate_dir) if generate_dir else generate_dir_beside(path)
+    table = merge_parts(arrays, generate)
     logger.info(
         "read %d samples of %d identities from %d parts", len(table), table.n_groups, len(parts)
     )
     return table
 
 
-def fixed_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+def read_parts_distributed(
+    parts: Sequence[str | Path],
+    embedders: Sequence[str],
+    *,
+    workers: int = 2,
+    client=None,
+    generate_dir: str | Path | None = None,
+) -> SampleTable:
+    """Read many embed parts in parallel on Dask and merge them (for metrics over many parts)."""
+    own = client is None
+    if client is None:
+        from facefoundry.faces.embed_stage import local_client
+
+        client = local_client(workers)
+    try:
+        futures = client.map(
+            read_part, [str(p) for p in parts], embedders=list(embedders), pure=False
+        )
+        arrays = client.gather(futures)
+    finally:
+        if own:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+    return merge_parts(arrays, Path(generate_dir) if generate_dir else None)

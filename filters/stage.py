@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facefoundry.atomic import atomic_path, write_text_atomic
 from facefoundry.filters.calibrate import ResolvedThreshold, resolve_threshold
 from facefoundry.filters.decide import FilterResult, Rules, apply_filters
 from facefoundry.filters.metrics import dataset_metrics
@@ -31,8 +32,8 @@ from facefoundry.filters.samples import (
     SampleTable,
     embedder_name,
     find_parts,
+    generate_dir_beside,
     read_samples,
-    run_dir_of,
 )
 from facefoundry.filters.settings import FilterSettings
 
@@ -139,16 +140,14 @@ def identities_table(table: SampleTable, result: FilterResult) -> pa.Table:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 16)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 16)
     return path
 
 
 def _write_json(document: dict, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(document, indent=2, allow_nan=False, default=_jsonable) + "\n")
-    tmp.replace(path)
+    text = json.dumps(document, indent=2, allow_nan=False, default=_jsonable) + "\n"
+    write_text_atomic(path, text)
     return path
 
 
@@ -206,12 +205,14 @@ def run_filter(
     out_dir: str | Path,
     settings: FilterSettings | None = None,
     *,
+    generate_dir: str | Path | None = None,
     progress: bool = False,
 ) -> Path:
     """Filter the candidates under ``embed_dir``; write decisions, identities and metrics to ``out_dir``.
 
     ``embed_dir``: a run directory (with ``embed/``), the embed folder, or one parquet
-    file. Returns ``out_dir``. Nothing in ``out_dir`` is replaced until its new
+    file; ``generate_dir``: the chunks that name each sample's identity (default: the
+    run's ``generate/`` beside ``embed_dir``). Returns ``out_dir``. Nothing in ``out_dir`` is replaced until its new
     content is complete (each file is written beside and renamed).
     """
     settings = settings or FilterSettings()
@@ -223,7 +224,7 @@ def run_filter(
     judge_name = embedder_name(settings.judge_embedder)
     privacy_name = embedder_name(settings.privacy_model)
     wanted = list(dict.fromkeys([filter_name, privacy_name, judge_name]))
-    table = read_samples(embed_dir, wanted)
+    table = read_samples(embed_dir, wanted, generate_dir)
     for name in wanted:
         table.vectors(name)  # fail now, with advice, if an embedder's column is missing
     timings["read_s"] = time.perf_counter() - started
@@ -326,9 +327,11 @@ def compute_metrics(
     path = Path(path)
     parts = find_parts(path)
     if workers > 0:
-        from facefoundry.filters.distributed import read_parts_distributed
+        from facefoundry.filters.samples import read_parts_distributed
 
-        table = read_parts_distributed(parts, [name], workers=workers, run_dir=run_dir_of(path))
+        table = read_parts_distributed(
+            parts, [name], workers=workers, generate_dir=generate_dir_beside(path)
+        )
     else:
         table = read_samples(path, [name])
     vectors = table.vectors(name)

@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from facefoundry.evaluation.fr_train import FRTrainSettings
+from facefoundry.errors import UsageError
 from facefoundry.evaluation.settings import EvalSettings
 from facefoundry.faces.settings import FaceSettings
 from facefoundry.filters.settings import FilterSettings
-from facefoundry.generators.settings import GenerateSettings, IdentitySettings
+from facefoundry.generators.families import DEFAULT_FAMILY, FAMILIES, GenerateSettings
+from facefoundry.generators.settings import IdentitySettings
+from facefoundry.recognition.settings import FRTrainSettings
 from facefoundry.shards.settings import ShardSettings
 
 
-class RecipeError(ValueError):
+class RecipeError(UsageError, ValueError):
     """A recipe that cannot be used; the message says where and how to fix it."""
 
 
@@ -50,13 +52,23 @@ class Recipe(BaseModel):
     seed: int = 0
     data_dir: str | None = Field(None, description="default $FACEFOUNDRY_DATA_DIR")
     identities: IdentitySettings = Field(default_factory=IdentitySettings)
-    generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    generate: GenerateSettings = Field(
+        default_factory=FAMILIES[DEFAULT_FAMILY].settings,
+        description="the generator family's section, chosen by generate.family",
+    )
     faces: FaceSettings = Field(default_factory=FaceSettings)
     filter: FilterSettings = Field(default_factory=FilterSettings)
     shards: ShardSettings = Field(default_factory=ShardSettings)
     train: FRTrainSettings = Field(default_factory=FRTrainSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+
+    @field_validator("generate", mode="before")
+    @classmethod
+    def _default_family(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "family" not in value:
+            return {"family": DEFAULT_FAMILY, **value}
+        return value
 
     def section_hash(self, section: str) -> str:
         """Stable hash of one section (stages use it to decide whether to re-run)."""
@@ -74,17 +86,29 @@ def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _without_family_tag(loc: tuple) -> tuple[tuple, str | None]:
+    """pydantic names the union member in the location (generate.id_booth.rank): drop it."""
+    if len(loc) > 1 and loc[0] == "generate" and loc[1] in FAMILIES:
+        return (loc[0], *loc[2:]), str(loc[1])
+    return tuple(loc), None
+
+
 def _explain(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"])
+        loc, family = _without_family_tag(item["loc"])
+        location = ".".join(str(p) for p in loc)
         if item["type"] == "extra_forbidden":
-            parent = _model_at(Recipe, tuple(item["loc"][:-1]))
+            if family is not None:
+                parent = _model_at(FAMILIES[family].settings, tuple(loc[1:-1]))
+            else:
+                parent = _model_at(Recipe, tuple(loc[:-1]))
             valid = sorted(parent.model_fields) if parent else []
-            close = difflib.get_close_matches(str(item["loc"][-1]), valid, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
+            where = f" for family {family}" if family else ""
             lines.append(
-                f"{source}: unknown key '{location}'{hint} (valid here: {', '.join(valid)})"
+                f"{source}: unknown key '{location}'{where}{hint} (valid here: {', '.join(valid)})"
             )
         else:
             lines.append(f"{source}: '{location}': {item['msg']}")

@@ -15,15 +15,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from facefoundry.flows.config import OrchestrationSettings, Recipe, load_recipe
-from facefoundry.flows.stages import (
-    STAGES,
-    Run,
-    embed_unit,
-    generate_unit,
-    run_chunked_stage,
-    run_simple_stage,
-    start_run,
-)
+from facefoundry.flows.run_dir import RunDir
+from facefoundry.flows.stage_table import BY_NAME, STAGES, embed_unit, generate_unit
+from facefoundry.flows.stages import run_named_stage, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +50,17 @@ def make_task_runner(settings: OrchestrationSettings):
 
 @task(name="generate-chunk", retries=2, retry_delay_seconds=[5, 30])
 def generate_chunk_task(run_dir: str, part: int, identity_ids: list[int]) -> str:
-    return generate_unit(Run(Path(run_dir)), part, identity_ids)
+    return generate_unit(RunDir(Path(run_dir)), part, identity_ids)
 
 
 @task(name="embed-part", retries=2, retry_delay_seconds=[5, 30])
 def embed_part_task(run_dir: str, tar_path: str) -> dict:
-    return embed_unit(Run(Path(run_dir)), tar_path)
+    return embed_unit(RunDir(Path(run_dir)), tar_path)
 
 
 @task(name="stage")
 def stage_task(run_dir: str, stage: str) -> dict:
-    return run_simple_stage(Run(Path(run_dir)), stage)
+    return run_named_stage(RunDir(Path(run_dir)), stage)
 
 
 def submit_all(prefect_task, argument_lists: list[tuple], gpu: bool = False) -> list:
@@ -89,7 +83,7 @@ def _prefect_mapper(settings: OrchestrationSettings):
     def map_units(function, units):
         prefect_task = tasks[function].with_options(retries=settings.retries)
         progress = create_progress_artifact(0.0, description=f"{function.__name__} chunks")
-        arguments = [(str(unit[0].run_dir), *unit[1:]) for unit in units]
+        arguments = [(str(unit[0].root), *unit[1:]) for unit in units]
         futures = submit_all(prefect_task, arguments, settings.gpu_tasks)
         results = []
         for index, future in enumerate(futures, start=1):
@@ -104,7 +98,7 @@ def _publish(run_dir: Path) -> None:
     """Key tables of the report as Prefect artifacts (markdown + table)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from facefoundry.evaluation.report import summarise
+    from facefoundry.flows.report import summarise
 
     summary = summarise(run_dir)
     create_markdown_artifact(
@@ -122,9 +116,10 @@ def _publish(run_dir: Path) -> None:
 @flow(name="facefoundry-stage", log_prints=True)
 def stage_flow(run_dir: str, stage: str) -> dict:
     """Run one stage of an existing run folder (the others must be done)."""
-    run = Run(Path(run_dir))
-    if stage in ("generate", "embed"):
-        return run_chunked_stage(run, stage, _prefect_mapper(run.recipe.orchestration))
+    run = RunDir(Path(run_dir))
+    if BY_NAME[stage].chunked:
+        recipe = load_recipe(run.recipe)
+        return run_named_stage(run, stage, _prefect_mapper(recipe.orchestration))
     return stage_task(run_dir, stage)
 
 
@@ -136,28 +131,48 @@ def build_dataset(
     stop_after: str | None = None,
     report: bool = True,
 ) -> dict:
-    """recipe -> identities -> images -> embeddings -> filter -> shards -> model -> report."""
-    log = get_run_logger()
+    """recipe -> identities -> images -> embeddings -> filter -> shards -> model -> report.
+
+    The recipe's ``orchestration`` section chooses where the chunk tasks run (threads
+    with ``max_workers``, or Dask): here, inside the flow, so a deployed run honours it
+    exactly as ``facefoundry run`` does."""
     resolved: Recipe = load_recipe(recipe, overrides)  # a bad key fails before any work
+    runner = make_task_runner(resolved.orchestration)
+    return build_stages.with_options(task_runner=runner)(
+        recipe, overrides or [], runs_root, stop_after, report
+    )
+
+
+@flow(name="build-stages", log_prints=True)
+def build_stages(
+    recipe: str,
+    overrides: list[str],
+    runs_root: str,
+    stop_after: str | None,
+    report: bool,
+) -> dict:
+    """The stages in order (on the task runner ``build_dataset`` gave this subflow)."""
+    log = get_run_logger()
+    resolved: Recipe = load_recipe(recipe, overrides)
     run = start_run(resolved, runs_root)
     mapper = _prefect_mapper(resolved.orchestration)
     results = []
     for stage in STAGES:
-        if stage in ("generate", "embed"):
-            result = run_chunked_stage(run, stage, mapper)
+        if stage.chunked:
+            result = run_named_stage(run, stage.name, mapper)
         else:
-            result = stage_task(str(run.run_dir), stage)
-        log.info("%s: %s", stage, "skipped (up to date)" if result.get("skipped") else "done")
+            result = stage_task(str(run.root), stage.name)
+        log.info("%s: %s", stage.name, "skipped" if result.get("skipped") else "done")
         results.append(result)
-        if stage == stop_after:
+        if stage.name == stop_after:
             break
     report_path = None
     if report:
-        from facefoundry.evaluation.report import write_report
+        from facefoundry.flows.report import write_report
 
-        report_path = str(write_report(run.run_dir))
-        _publish(run.run_dir)
-    return {"run_dir": str(run.run_dir), "stages": results, "report": report_path}
+        report_path = str(write_report(run.root))
+        _publish(run.root)
+    return {"run_dir": str(run.root), "stages": results, "report": report_path}
 
 
 @flow(name="evaluate-model", log_prints=True)
@@ -183,9 +198,5 @@ def run_build(
     runs_root: str = "runs",
     stop_after: str | None = None,
 ) -> dict:
-    """``build_dataset`` with the task runner the recipe asks for."""
-    resolved = load_recipe(recipe, overrides)
-    runner = make_task_runner(resolved.orchestration)
-    return build_dataset.with_options(task_runner=runner)(
-        recipe, overrides or [], runs_root, stop_after
-    )
+    """``facefoundry run``: the same flow a deployment runs."""
+    return build_dataset(recipe, overrides or [], runs_root, stop_after)

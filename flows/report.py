@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from facefoundry.flows.run_dir import RunDir
+from facefoundry.flows.stage_table import STAGE_NAMES
 
-STAGE_ORDER = ("identities", "generate", "embed", "filter", "shards", "train", "evaluate")
+logger = logging.getLogger(__name__)
 
 
 def _png(figure) -> str:
@@ -141,7 +142,7 @@ def sample_grid(run_dir: Path, kept: bool, rows: int = 4, columns: int = 8) -> t
 
     from facefoundry.shards.tarformat import iter_members
 
-    decisions_path = run_dir / "filter" / "decisions.parquet"
+    decisions_path = RunDir(run_dir).filter_decisions
     if not decisions_path.is_file():
         return "", ""
     decisions = pq.read_table(
@@ -159,7 +160,7 @@ def sample_grid(run_dir: Path, kept: bool, rows: int = 4, columns: int = 8) -> t
         chosen = [row for row in decisions if not row["kept"]][: rows * columns]
     wanted = {row["key"] for row in chosen}
     images: dict[str, bytes] = {}
-    for tar in sorted((run_dir / "generate").glob("part-*.tar")):
+    for tar in RunDir(run_dir).generate_tars():
         with open(tar, "rb") as handle:
             for member in iter_members(handle, source=str(tar), max_member_bytes=64 << 20):
                 stem = member.name.rpartition(".")[0]
@@ -233,12 +234,9 @@ def _img(src: str | None, caption: str = "") -> str:
 
 def summarise(run_dir: Path) -> dict:
     """The key figures of a run (also used for Prefect artifacts)."""
-    markers = {s: _json(run_dir / s / "_SUCCESS.json") for s in STAGE_ORDER}
-    evaluations = {
-        p.stem: _json(p)
-        for p in sorted((run_dir / "evaluate").glob("*.json"))
-        if not p.name.startswith("_")
-    }
+    run = RunDir(run_dir)
+    markers = {s: _json(run.marker(s)) for s in STAGE_NAMES}
+    evaluations = {p.stem: _json(p) for p in run.evaluate_results()}
     shards = markers.get("shards") or {}
     verdict = []
     candidates = shards.get("samples")
@@ -252,7 +250,7 @@ def summarise(run_dir: Path) -> dict:
                 "Too few identities survived filtering to train a recognizer: "
                 "the generator is not producing usable faces yet (see the funnel)."
             )
-    funnel = (_json(run_dir / "filter" / "metrics.json") or {}).get("funnel") or {}
+    funnel = (_json(run.filter_metrics) or {}).get("funnel") or {}
     identities = funnel.get("identities") if isinstance(funnel, dict) else None
     if isinstance(identities, dict) and identities.get("input"):
         total, kept = identities["input"], identities.get("kept", 0)
@@ -278,14 +276,11 @@ def summarise(run_dir: Path) -> dict:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``run_dir/report/report.html`` (or ``out``) and return its path."""
     run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / "report" / "report.html"
+    run = RunDir(run_dir)
+    out = Path(out) if out else run.report
     summary = summarise(run_dir)
     markers, evaluations = summary["markers"], summary["evaluations"]
-    recipe_text = (
-        (run_dir / "recipe.resolved.yaml").read_text()
-        if (run_dir / "recipe.resolved.yaml").is_file()
-        else ""
-    )
+    recipe_text = run.recipe.read_text() if run.recipe.is_file() else ""
     parts = [
         f"<h1>facefoundry run: {html.escape(run_dir.name)}</h1>",
         "<p class=verdict>" + "<br>".join(html.escape(v) for v in summary["verdict"]) + "</p>",
@@ -306,7 +301,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ],
         )
     )
-    metrics = _json(run_dir / "filter" / "metrics.json") or {}
+    metrics = _json(run.filter_metrics) or {}
     if metrics:
         parts.append("<h2>Filtering</h2>")
         rows = _funnel_rows(metrics.get("funnel"))
@@ -325,14 +320,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             )
         parts.append(
             _img(
-                per_identity_plot(run_dir / "filter" / "decisions.parquet"),
+                per_identity_plot(run.filter_decisions),
                 "kept images per identity",
             )
         )
         for kept in (True, False):
             grid, caption = sample_grid(run_dir, kept)
             parts.append(("<h3>kept</h3>" if kept else "<h3>rejected</h3>") + _img(grid, caption))
-    history = _json(run_dir / "train" / "history.json")
+    history = _json(run.train_history)
     if history:
         parts.append("<h2>Training</h2>" + _img(training_plot(history), "loss and LFW accuracy"))
     if evaluations:

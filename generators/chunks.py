@@ -7,10 +7,13 @@ so a chunk is complete exactly when its parquet exists and a killed chunk is red
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+
+from facefoundry.atomic import atomic_path
 
 
 def chunk_identities(
@@ -36,9 +39,8 @@ def chunk_identities(
 def write_parquet_atomically(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(table, partial)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        pq.write_table(table, partial)
 
 
 def write_chunk(
@@ -54,19 +56,36 @@ def write_chunk(
     sample parquet (``table`` or one built from ``rows``)."""
     import pyarrow as pa
 
-    from facefoundry.shards.atomic import atomic_open
+    from facefoundry.atomic import atomic_open
     from facefoundry.shards.images import encode_face_jpeg
-    from facefoundry.shards.tarformat import encode_members
+    from facefoundry.shards.tarformat import archive_end, encode_members
 
     members = []
     for row, image in zip(rows, images, strict=True):
         members.append((f"{row['key']}.jpg".encode(), encode_face_jpeg(image, jpeg_quality)))
         members.append((f"{row['key']}.json".encode(), json.dumps(row, sort_keys=True).encode()))
+    body = encode_members(members)
     with atomic_open(tar_path) as handle:
-        handle.write(encode_members(members))
+        handle.write(body + archive_end(len(body)))  # a complete tar, even when empty
     for side_table, path in side_tables:
         write_parquet_atomically(side_table, path)
     write_parquet_atomically(
         table if table is not None else pa.Table.from_pylist(rows), parquet_path
     )
     return parquet_path
+
+
+def folder_checksum(folder: str | Path) -> str:
+    """SHA-256 over the model's weights and JSON configs (sorted by path): what decides the
+    images, for any generator folder. Training logs (``*history.json``) and pictures do
+    not count, so rewriting a log never changes a sample's metadata."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        relevant = path.suffix == ".safetensors" or (
+            path.suffix == ".json" and not path.name.endswith("history.json")
+        )
+        if path.is_file() and relevant:
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facefoundry.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("uniform", "separated", "two_stage", "fitted")
@@ -56,9 +58,8 @@ class IdentityTable:
                 "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
             }
         ).replace_schema_metadata({"facefoundry.embedder": self.embedder})
-        partial = path.with_name(path.name + ".partial")
-        pq.write_table(table, partial)
-        partial.replace(path)
+        with atomic_path(path) as partial:
+            pq.write_table(table, partial)
         return path
 
     @classmethod
@@ -224,3 +225,20 @@ def make_identities(
         raise ValueError(f"unknown identity method {method!r}; use one of {METHODS}")
     ids = np.arange(n, dtype=np.int64)
     return IdentityTable(ids, embeddings, seed * 1_000_003 + ids, method, embedder)
+
+
+def write_identities(path: str | Path, settings, seed: int, space) -> int:
+    """The identities stage: draw ``settings.count`` identities in the generator's
+    identity space (``generators.families.IdentitySpace``) and save them to ``path``."""
+    prior = space.prior if space.prior is not None and Path(space.prior).is_file() else None
+    table = make_identities(
+        settings.count,
+        space.dim,
+        seed,
+        settings.method,
+        settings.tau,
+        embedder=space.embedder,
+        prior=prior,
+    )
+    table.save(path)
+    return len(table)

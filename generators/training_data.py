@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facefoundry.atomic import atomic_open
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,16 +35,15 @@ class FaceTrainingSet:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial.npz")
-        np.savez(
-            partial,
-            faces=self.faces,
-            embeddings=self.embeddings,
-            labels=self.labels,
-            names=np.array(self.names),
-            embedder=np.array(json.dumps(self.embedder)),
-        )
-        partial.replace(path)
+        with atomic_open(path) as handle:
+            np.savez(
+                handle,
+                faces=self.faces,
+                embeddings=self.embeddings,
+                labels=self.labels,
+                names=np.array(self.names),
+                embedder=np.array(json.dumps(self.embedder)),
+            )
         return path
 
     @classmethod

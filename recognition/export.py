@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from facefoundry.evaluation.backbones import get_model
+from facefoundry.atomic import atomic_path
+from facefoundry.recognition.backbones import get_model
 
 
 def load_backbone(path: str | Path, name: str, num_features: int = 512) -> torch.nn.Module:
@@ -39,18 +40,17 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     backbone = backbone.eval().cpu().float()
     example = torch.zeros(1, 3, input_size, input_size)
-    partial = path.with_name(path.name + ".partial")
-    torch.onnx.export(
-        backbone,
-        example,
-        partial,
-        input_names=["input.1"],
-        output_names=["embedding"],
-        dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        torch.onnx.export(
+            backbone,
+            example,
+            partial,
+            input_names=["input.1"],
+            output_names=["embedding"],
+            dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
     return path
 
 

@@ -13,62 +13,33 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
 
-from facefoundry.evaluation.augment import RandAugment, augment_batch
-from facefoundry.evaluation.backbones import get_model
-from facefoundry.evaluation.losses import MarginHead, make_loss
+from facefoundry import checkpoints
+from facefoundry.errors import UsageError
+from facefoundry.recognition.augment import RandAugment, augment_batch
+from facefoundry.recognition.backbones import get_model
+from facefoundry.recognition.losses import MarginHead, make_loss
+from facefoundry.recognition.settings import FRTrainSettings
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UsageError, ValueError):
     """A shard set that cannot be trained on (e.g. labels not contiguous 0..C-1)."""
 
 
-class FRTrainSettings(BaseModel):
-    """The recognizer recipe; defaults are the small CPU recipe (see BENCHMARKS.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: str = "mbf_small"
-    embedding_dim: int = 128
-    loss: str = Field("cosface", pattern="^(arcface|cosface|adaface)$")
-    scale: float | None = None
-    margin: float | None = None
-    partial_fc: float = Field(1.0, gt=0.0, le=1.0, description="sample rate of class centres")
-    optimizer: str = Field("sgd", pattern="^(sgd|adamw)$")
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = Field(128, ge=2)
-    epochs: int = Field(20, ge=1)
-    warmup_epochs: float = 1.0
-    schedule: str = Field("cosine", pattern="^(cosine|step)$")
-    step_milestones: list[float] = [0.5, 0.75, 0.9]
-    hflip: bool = True
-    randaugment: tuple[int, int] | None = None  # (num_ops, magnitude), e.g. (4, 16)
-    seed: int = 0
-    loader_workers: int = 1
-    threads: int | None = None
-    validate_every_epochs: int = 1
-    val_pairs: str | None = "devtest"
-    val_bins: list[str] = Field(default_factory=list, description="trusted insightface .bin sets")
-    early_stop_patience: int | None = None
-    max_minutes: float | None = None
-    mixed_precision: str = Field("auto", pattern="^(auto|no|bf16|fp16)$")
-
-
 def check_contiguous_labels(shards_dir: Path) -> int:
-    """Class count from dataset.json after checking kept labels are exactly 0..C-1."""
-    from facefoundry.shards import read_manifests
+    """Class count from dataset.json after checking kept labels are exactly 0..C-1 and
+    every shard is whole (a damaged shard stops training before it starts)."""
+    from facefoundry.shards import read_manifests, shard_urls
+    from facefoundry.shards.reader import check_shard_files
+
+    check_shard_files(Path(shards_dir), shard_urls(shards_dir))
 
     dataset = json.loads((shards_dir / "dataset.json").read_text())
     classes = int(dataset.get("class_count", 0))
@@ -81,7 +52,7 @@ def check_contiguous_labels(shards_dir: Path) -> int:
     if classes < 2 or len(labels) != classes or labels[0] != 0 or labels[-1] != classes - 1:
         raise TrainingDataError(
             f"{shards_dir}: labels are not contiguous 0..{classes - 1} (found {len(labels)} "
-            f"distinct, from {labels[:1]} to {labels[-1:]}); re-run `shards finalize`"
+            f"distinct, from {labels[:1]} to {labels[-1:]}); rewrite the shards with this version (`facefoundry run` re-runs the shards stage)"
         )
     return classes
 
@@ -220,70 +191,37 @@ class RecognizerTrainer:
 
     # --- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        final, partial = self.out_dir / "checkpoint", self.out_dir / "checkpoint.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        backbone = self.accelerator.unwrap_model(self.backbone)
-        head = self.accelerator.unwrap_model(self.head)
-        tensors = {
-            f"backbone.{k}": v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()
-        }
-        tensors.update(
-            {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        """checkpoint/ (backbone, head, optimizer, progress; ``facefoundry.checkpoints``),
+        then backbone.safetensors."""
+        unwrap = self.accelerator.unwrap_model
+        final = checkpoints.save_checkpoint(
+            self.out_dir / "checkpoint",
+            {"backbone": unwrap(self.backbone), "head": unwrap(self.head)},
+            self.optimizer,
+            {
+                "epoch": self.epoch,
+                "step": self.step,
+                "history": self.history,
+                "best": self.best,
+                "settings": self.settings.model_dump(mode="json"),
+            },
         )
-        state = self.optimizer.state_dict()
-        for index, values in state["state"].items():
-            for name, value in values.items():
-                tensors[f"optim.{index}.{name}"] = (
-                    torch.as_tensor(value).detach().cpu().contiguous()
-                )
-        save_file(tensors, str(partial / "state.safetensors"))
-        (partial / "state.json").write_text(
-            json.dumps(
-                {
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    "param_groups": state["param_groups"],
-                    "history": self.history,
-                    "best": self.best,
-                    "settings": self.settings.model_dump(mode="json"),
-                }
-            )
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
         self.export_backbone(self.out_dir / "backbone.safetensors")
         return final
 
     def load_checkpoint(self) -> bool:
-        folder = self.out_dir / "checkpoint"
-        if not (folder / "state.json").is_file():
+        checkpoint = checkpoints.load_checkpoint(self.out_dir / "checkpoint")
+        if checkpoint is None:
             return False
-        meta = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "state.safetensors"))
-        self.accelerator.unwrap_model(self.backbone).load_state_dict(
-            {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        )
-        self.accelerator.unwrap_model(self.head).load_state_dict(
-            {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
-        )
-        state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        unwrap = self.accelerator.unwrap_model
+        checkpoint.restore(self.optimizer, backbone=unwrap(self.backbone), head=unwrap(self.head))
+        meta = checkpoint.state
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         self.history, self.best = meta.get("history", []), meta.get("best")
         return True
 
     def export_backbone(self, path: Path) -> Path:
-        backbone = self.accelerator.unwrap_model(self.backbone)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(path)
-        )
-        return path
+        return checkpoints.save_weights(path, self.accelerator.unwrap_model(self.backbone))
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self, progress: bool = True) -> dict:
@@ -342,7 +280,9 @@ class RecognizerTrainer:
                     stale += 1
             self.history.append(entry)
             logger.info("epoch %d: %s", self.epoch, entry)
-            self.save_checkpoint()
+            if self.accelerator.is_main_process:  # one writer per checkpoint under DDP
+                self.save_checkpoint()
+            self.accelerator.wait_for_everyone()
             if self.settings.early_stop_patience and stale >= self.settings.early_stop_patience:
                 logger.info("early stop: no validation gain in %d epochs", stale)
                 break
@@ -363,7 +303,7 @@ def train_recognizer(
     progress: bool = True,
 ) -> Path:
     """Train (or resume), then export backbone.safetensors, model.onnx, history and curves."""
-    from facefoundry.evaluation.export import export_onnx
+    from facefoundry.recognition.export import export_onnx
 
     settings = settings or FRTrainSettings()
     out_dir = Path(out_dir)

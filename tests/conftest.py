@@ -46,6 +46,6 @@ def lfw_root() -> Path:
 
 @pytest.fixture(scope="session")
 def lfw(lfw_root):
-    from evaluation.lfw import Lfw
+    from facefoundry.evaluation.lfw import Lfw
 
     return Lfw(lfw_root)

@@ -5,12 +5,21 @@ from facefoundry.flows.config import RecipeError, load_recipe
 
 def test_misspelled_key_names_the_key_the_file_and_the_nearest_valid_key(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: demo\nfaces:\n  embeder: dlib\n")
+    recipe.write_text("name: demo\nfilter:\n  embeder: dlib\n")
     with pytest.raises(RecipeError) as info:
         load_recipe(recipe)
     message = str(info.value)
-    assert "faces.embeder" in message and str(recipe) in message
+    assert "filter.embeder" in message and str(recipe) in message
     assert "did you mean 'embedder'" in message
+
+
+def test_a_family_key_is_checked_against_that_family(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("generate:\n  family: multi_id\n  guidance_scale: 3\n")
+    with pytest.raises(RecipeError, match="'generate.guidance_scale' for family multi_id"):
+        load_recipe(recipe)
+    with pytest.raises(RecipeError, match="did you mean 'steps'"):
+        load_recipe(None, ["generate.stepz=3"])  # no family: the default idiff_face
 
 
 def test_unknown_top_level_section_is_rejected(tmp_path):
@@ -21,12 +30,12 @@ def test_unknown_top_level_section_is_rejected(tmp_path):
 
 
 def test_set_overrides_are_typed_and_validated():
-    recipe = load_recipe(None, ["faces.embedder=dlib", "faces.workers=3", "seed=7"])
-    assert recipe.faces.embedder == "dlib" and recipe.faces.workers == 3 and recipe.seed == 7
+    recipe = load_recipe(None, ["filter.min_samples=3", "faces.batch_size=3", "seed=7"])
+    assert recipe.filter.min_samples == 3 and recipe.faces.batch_size == 3 and recipe.seed == 7
     with pytest.raises(RecipeError, match="with --set overrides"):
-        load_recipe(None, ["faces.workers=0"])
+        load_recipe(None, ["faces.batch_size=0"])
     with pytest.raises(RecipeError, match="key.path=value"):
-        load_recipe(None, ["faces.workers"])
+        load_recipe(None, ["faces.batch_size"])
 
 
 def test_section_hash_changes_only_with_its_section():

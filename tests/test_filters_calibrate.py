@@ -15,7 +15,7 @@ from facefoundry.filters.calibrate import (
 )
 from facefoundry.filters.pairs import impostor_pairs, pair_scores
 from facefoundry.filters.settings import FilterSettings, Threshold
-from facefoundry.filters.testing import random_unit
+from tests.helpers.filters import random_unit
 
 
 @pytest.fixture(autouse=True)

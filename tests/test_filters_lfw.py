@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from facefoundry.filters.distributed import Partition, embed_partitions, local_client, model_loads
+from facefoundry.faces.embed_stage import Partition, embed_partitions, local_client, model_loads
 from facefoundry.filters.metrics import equal_error_rate
 from facefoundry.filters.pairs import genuine_pairs, impostor_pairs, pair_scores
 from facefoundry.filters.samples import read_samples

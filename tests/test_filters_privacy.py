@@ -11,7 +11,7 @@ from facefoundry.filters.privacy import load_reference, privacy_check, reference
 from facefoundry.filters.samples import SampleTable
 from facefoundry.filters.settings import FilterSettings
 from facefoundry.filters.stage import run_filter
-from facefoundry.filters.testing import identity_samples, random_unit, write_embed_part
+from tests.helpers.filters import identity_samples, random_unit, write_embed_part
 
 DIM = 512  # random 512-d identities stay far below cos 0.3 from each other
 

@@ -21,7 +21,7 @@ from facefoundry.filters.funnel import (
 from facefoundry.filters.groups import centroids, valid_rows
 from facefoundry.filters.sample_rules import face_reasons, pair_consistency, quantile_trim
 from facefoundry.filters.samples import SampleTable
-from facefoundry.filters.testing import at_cosine, identity_samples, random_unit
+from tests.helpers.filters import at_cosine, identity_samples, random_unit
 
 
 def test_quantile_trim_drops_the_lowest_share_of_each_identity():

@@ -17,11 +17,11 @@ def harness():
 
 def test_build_dataset_flow_runs_stages_and_skips_on_rerun(harness, tmp_path):
     import torch
-    from test_flows_build import tiny_recipe
-    from test_generators_idiff import tiny_config
 
     from facefoundry.flows.flows import build_dataset
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
+    from tests.helpers.flows import tiny_recipe
+    from tests.helpers.generators import tiny_config
 
     torch.manual_seed(0)
     IDiffFaceModel(tiny_config()).save_pretrained(tmp_path / "model")

@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from facefoundry.evaluation.backbones import get_model
 from facefoundry.generators.denoise import predicted_x0
 from facefoundry.generators.id_booth.base import BasePipelineError, check_base_folder, load_base
 from facefoundry.generators.id_booth.identity_loss import (
@@ -23,6 +22,7 @@ from facefoundry.generators.id_booth.sample import sample_images
 from facefoundry.generators.id_booth.settings import IDBoothSettings
 from facefoundry.generators.id_booth.tiny import make_tiny_sd
 from facefoundry.generators.id_booth.train import IDBoothTrainer
+from facefoundry.recognition.backbones import get_model
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def real_faces(lfw):
 
 def settings(tiny_sd, **overrides) -> IDBoothSettings:
     values = dict(
-        base=str(tiny_sd),
+        model=str(tiny_sd),
         resolution=32,
         train_steps=3,
         learning_rate=1e-2,
@@ -183,6 +183,42 @@ def test_lora_save_load_round_trip_gives_identical_images(tiny_sd, tmp_path):
     assert np.array_equal(alone[0], second[1])  # any image regenerates alone
 
 
+def test_an_image_is_the_same_bytes_alone_and_at_any_batch_size(tiny_sd, monkeypatch):
+    """PyTorch picks CPU kernels by batch size (a small convolution: its own kernel alone,
+    oneDNN's in a batch), so sampling runs every model call at one shape: the final latents,
+    not only the rounded pixels, are bitwise the same however the samples are batched."""
+    base = load_base(tiny_sd)
+    decoded = []
+    decode = base.vae.decode
+    monkeypatch.setattr(base.vae, "decode", lambda z, **kw: decoded.append(z) or decode(z, **kw))
+    prompts, seeds = ["photo of sks person", "a person", "sks person, smiling"], [3, 4, 5]
+    together = sample_images(base, prompts, seeds, steps=3, resolution=32)
+    latents = decoded[-1][:3]
+    for k in range(3):
+        alone = sample_images(base, prompts[k : k + 1], seeds[k : k + 1], steps=3, resolution=32)
+        assert torch.equal(decoded[-1][0], latents[k])
+        assert np.array_equal(alone[0], together[k])
+    for batch_size in (1, 2):
+        images = sample_images(base, prompts, seeds, steps=3, resolution=32, batch_size=batch_size)
+        assert np.array_equal(images, together)
+
+
+def test_an_adapter_does_not_depend_on_what_ran_before(tiny_sd, tmp_path):
+    from safetensors.torch import load_file
+
+    base = load_base(tiny_sd)
+    rng = np.random.default_rng(2)
+    priors, instance = rng.integers(0, 256, (2, 2, 32, 32, 3), dtype=np.uint8)
+    trainer = IDBoothTrainer(base, settings(tiny_sd, train_steps=2), priors)
+    adapters = []
+    for run in range(2):
+        torch.randn(1000 * run)  # earlier work drew from the global generator
+        result = trainer.fine_tune("d", instance[:1], tmp_path / str(run))
+        adapters.append(load_file(str(result.adapter)))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
 def test_missing_or_malformed_base_pipeline_is_a_clear_error(tiny_sd, tmp_path):
     with pytest.raises(BasePipelineError, match="does not exist"):
         check_base_folder(tmp_path / "nowhere")
@@ -216,7 +252,6 @@ def test_generate_chunk_writes_the_stage_contract_and_reuses_adapters(
 
     from facefoundry.generators.id_booth.generate import generate_chunk
     from facefoundry.generators.identities import make_identities
-    from facefoundry.generators.settings import GenerateSettings
 
     references = tmp_path / "refs"
     for person in range(2):
@@ -225,12 +260,13 @@ def test_generate_chunk_writes_the_stage_contract_and_reuses_adapters(
         Image.fromarray(real_faces[2 * person]).save(folder / "a.jpg")
     table = make_identities(2, 16, seed=0, method="uniform")
     table_path = table.save(tmp_path / "identities.parquet")
-    gen = GenerateSettings(
-        family="id_booth",
+    gen = settings(
+        tiny_sd,
+        references=str(references),
+        train_steps=2,
         samples_per_identity=2,
         batch_size=4,
         device="cpu",
-        id_booth=settings(tiny_sd, references=str(references), train_steps=2),
     )
     out = tmp_path / "generate"
     ids = [int(i) for i in table.ids]
@@ -239,7 +275,7 @@ def test_generate_chunk_writes_the_stage_contract_and_reuses_adapters(
     assert [(r["identity"], r["sample"]) for r in rows] == [(i, s) for i in ids for s in range(2)]
     assert all(r["generator"] == "id_booth" and "sks" in r["prompt"] for r in rows)
     assert (out / "part-00000.tar").stat().st_size > 0
-    adapters = sorted((out / "adapters").glob("*/adapter.safetensors"))
+    adapters = sorted((out / ".cache" / "adapters").glob("*/*/adapter.safetensors"))
     assert len(adapters) == 2
     stamps = [a.stat().st_mtime_ns for a in adapters]
     parquet.unlink()  # redo the chunk: adapters are reused, images identical

@@ -1,4 +1,4 @@
-"""The WithAnyone-style multi-identity generator (generators/with_anyone) on tiny models.
+"""The WithAnyone-style multi-identity generator (generators/multi_id) on tiny models.
 
 Crop-back uses real LFW faces: under CI=true LFW must be present (tests/conftest.py).
 """
@@ -10,58 +10,23 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from facefoundry.generators.with_anyone.attention import (
+from facefoundry.generators.multi_id.attention import (
     adapter_parameters,
-    install_identity_adapter,
     remove_identity_adapter,
 )
-from facefoundry.generators.with_anyone.layout import box_masks, sample_layout, validate_layout
-from facefoundry.generators.with_anyone.losses import (
+from facefoundry.generators.multi_id.layout import box_masks, sample_layout, validate_layout
+from facefoundry.generators.multi_id.losses import (
     crop_faces,
     hungarian,
     identity_loss,
     info_nce,
     low_noise_weight,
 )
-from facefoundry.generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.multi_id.settings import MultiIdSettings, MultiIdTrainSettings
+from tests.helpers.generators import ID_DIM, adapted, tiny_id_network
 
-ID_DIM = 128
 BOXES = [[0.05, 0.05, 0.45, 0.45], [0.55, 0.55, 0.95, 0.95]]
-
-
-def tiny_unet(seed: int = 0, in_channels: int = 3, size: int = 16):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=size,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    ).eval()
-
-
-def tiny_id_network() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.Flatten(), nn.Linear(4 * 14 * 14, 16))
-
-
-def adapted(seed: int = 0, size: int = 16, in_channels: int = 3, live: bool = True):
-    unet = tiny_unet(seed, in_channels, size)
-    torch.manual_seed(seed + 100)
-    adapter = install_identity_adapter(unet, ID_DIM, num_tokens=4)
-    if live:  # a trained adapter: give the zero-initialised output projections weights
-        for processor in adapter.processors.values():
-            nn.init.normal_(processor.to_out_id.weight, std=0.5)
-    return unet, adapter
 
 
 def forward(unet, adapter, ids, boxes, record=False, seed=3):
@@ -212,7 +177,7 @@ def test_crop_back_emits_exactly_the_assigned_faces(lfw):
     boxes = [[x / 480, y / 480, (x + 220) / 480, (y + 220) / 480] for x, y in corners]
     empty = [0.0, 0.55, 0.2, 0.75]  # a fourth identity whose box holds no face
     fourth = np.random.default_rng(0).standard_normal(128).astype(np.float32)
-    from facefoundry.generators.with_anyone.generate import crop_back
+    from facefoundry.generators.multi_id.generate import crop_back
 
     samples, rejects = crop_back(
         canvas, np.array(boxes + [empty]), np.vstack([vectors, fourth]), detector, embedder, "g0"
@@ -236,7 +201,7 @@ def test_crop_back_emits_exactly_the_assigned_faces(lfw):
 
 
 def _batch(k=2, b=2, size=16, seed=0):
-    from facefoundry.generators.with_anyone.train import MultiIdBatch
+    from facefoundry.generators.multi_id.train import MultiIdBatch
 
     g = torch.Generator().manual_seed(seed)
     return MultiIdBatch(
@@ -249,11 +214,11 @@ def _batch(k=2, b=2, size=16, seed=0):
 def test_training_steps_change_only_the_adapter():
     from diffusers import DDPMScheduler
 
-    from facefoundry.generators.with_anyone.train import make_optimizer, training_step
+    from facefoundry.generators.multi_id.train import make_optimizer, training_step
 
     unet, adapter = adapted(live=False)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
-    settings = MultiIdSettings(low_noise_fraction=1.0, id_loss_weight=1.0, infonce_weight=1.0)
+    settings = MultiIdTrainSettings(low_noise_fraction=1.0, id_loss_weight=1.0, infonce_weight=1.0)
     trainable = {id(p) for p in adapter_parameters(adapter)}
     frozen = {n: p.detach().clone() for n, p in unet.named_parameters() if id(p) not in trainable}
     start = {n: p.detach().clone() for n, p in adapter.named_parameters()}
@@ -277,7 +242,7 @@ def test_training_steps_change_only_the_adapter():
 def test_latent_training_step_decodes_x0_through_the_vae():
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    from facefoundry.generators.with_anyone.train import make_optimizer, training_step
+    from facefoundry.generators.multi_id.train import make_optimizer, training_step
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
@@ -291,7 +256,7 @@ def test_latent_training_step_decodes_x0_through_the_vae():
     ).eval()
     vae.requires_grad_(False)
     unet, adapter = adapted(in_channels=4)
-    settings = MultiIdSettings(low_noise_fraction=1.0)
+    settings = MultiIdTrainSettings(low_noise_fraction=1.0)
     out = training_step(
         unet, adapter, DDPMScheduler(), _batch(size=32), tiny_id_network(),
         make_optimizer(adapter), settings, vae=vae, generator=torch.Generator().manual_seed(0),
@@ -300,7 +265,7 @@ def test_latent_training_step_decodes_x0_through_the_vae():
 
 
 def test_adapter_save_load_round_trip(tmp_path):
-    from facefoundry.generators.with_anyone.train import load_adapter, save_adapter
+    from facefoundry.generators.multi_id.train import load_adapter, save_adapter
 
     unet, adapter = adapted(seed=0)
     ids, boxes = torch.randn(1, 2, ID_DIM), torch.tensor([BOXES])
@@ -318,8 +283,8 @@ def test_sampling_and_generate_chunk_record_rejects(tmp_path):
     from diffusers import DDPMScheduler
 
     from facefoundry.generators.identities import make_identities
-    from facefoundry.generators.with_anyone.generate import generate_chunk, sample_groups
-    from facefoundry.generators.with_anyone.model import make_sampler, save_model
+    from facefoundry.generators.multi_id.generate import generate_chunk, sample_groups
+    from facefoundry.generators.multi_id.model import make_sampler, save_model
     from facefoundry.shards.tarformat import iter_members
 
     unet, adapter = adapted(size=32)

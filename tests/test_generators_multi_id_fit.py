@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_generators_multi_id import ID_DIM, adapted, tiny_id_network
 
+from facefoundry.generators.multi_id.group_data import GroupCanvasSet
+from facefoundry.generators.multi_id.layout import validate_layout
+from facefoundry.generators.multi_id.settings import MultiIdTrainSettings
 from facefoundry.generators.training_data import FaceTrainingSet
-from facefoundry.generators.with_anyone.group_data import GroupCanvasSet
-from facefoundry.generators.with_anyone.layout import validate_layout
-from facefoundry.generators.with_anyone.settings import MultiIdSettings
+from tests.helpers.generators import ID_DIM, adapted, tiny_id_network
 
 
 def face_set(people: int = 8, per_person: int = 2, size: int = 16, dim: int = ID_DIM, seed=0):
@@ -70,20 +70,20 @@ def test_group_canvas_pastes_k_different_people_at_their_boxes():
 def _model_folder(tmp_path):
     from diffusers import DDPMScheduler
 
-    from facefoundry.generators.with_anyone.model import save_model
+    from facefoundry.generators.multi_id.model import save_model
 
     unet, adapter = adapted(live=False)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     return save_model(tmp_path / "base", unet, adapter, scheduler)
 
 
-SETTINGS = MultiIdSettings(
+SETTINGS = MultiIdTrainSettings(
     faces_per_image=2, low_noise_fraction=1.0, learning_rate=1e-2, device="cpu"
 )
 
 
 def _fit(model, out, steps, checkpoint_every=100):
-    from facefoundry.generators.with_anyone.fit import fit_adapter
+    from facefoundry.generators.multi_id.fit import fit_adapter
 
     return fit_adapter(
         model, face_set(), out, tiny_id_network(), steps=steps, batch_size=2,
@@ -93,7 +93,7 @@ def _fit(model, out, steps, checkpoint_every=100):
 
 
 def test_fit_adapter_trains_only_the_adapter_and_writes_model_and_history(tmp_path):
-    from facefoundry.generators.with_anyone.model import load_model
+    from facefoundry.generators.multi_id.model import load_model
 
     base = _model_folder(tmp_path)
     out = _fit(base, tmp_path / "run", steps=3, checkpoint_every=2)
@@ -109,15 +109,17 @@ def test_fit_adapter_trains_only_the_adapter_and_writes_model_and_history(tmp_pa
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3]
     assert all(np.isfinite(h["loss"]) and h["identity"] > 0 for h in history)
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3
-    for name in ("optimizer.safetensors", "model/adapter.safetensors"):
+    assert json.loads((out / "fit_step.json").read_text()) == {"step": 3}
+    for name in ("checkpoint/state.safetensors", "model/adapter.safetensors"):
         assert (tmp_path / "run" / name).read_bytes()[:2] != b"\x80\x04"  # not a pickle
-    assert not (tmp_path / "run" / "model.partial").exists()
+    left = sorted(p.name for p in (tmp_path / "run").iterdir())  # no temporary or old folders
+    assert left == ["checkpoint", "history.json", "model"]
 
 
 def test_resumed_fit_matches_an_uninterrupted_one(tmp_path):
-    from facefoundry.generators.with_anyone.model import load_model
+    from facefoundry.generators.multi_id.model import load_model
 
     base = _model_folder(tmp_path)
     straight = _fit(base, tmp_path / "straight", steps=4)

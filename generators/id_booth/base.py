@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+from facefoundry.errors import UsageError
+
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_EXTRA = ("text_encoder_2", "tokenizer_2")
 
 
-class BasePipelineError(FileNotFoundError):
+class BasePipelineError(UsageError, FileNotFoundError):
     """A base pipeline folder that cannot be used; the message says why."""
 
 
@@ -47,7 +49,7 @@ def check_base_folder(folder: str | Path) -> str:
     folder = Path(folder)
     if not str(folder) or not folder.is_dir():
         raise BasePipelineError(
-            f"base pipeline folder {folder} does not exist: point id_booth.base at a local "
+            f"base pipeline folder {folder} does not exist: point generate.model at a local "
             "diffusers Stable Diffusion folder (model_index.json, unet/, vae/, ...)"
         )
     index_path = folder / "model_index.json"

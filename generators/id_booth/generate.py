@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facefoundry.atomic import atomic_path
 from facefoundry.generators.id_booth.settings import IDBoothSettings
 from facefoundry.generators.seeds import sample_seed
 
 logger = logging.getLogger(__name__)
+PRIOR_SCHEDULER = "dpmsolver++"
 _BASES: dict = {}
 _LOCK = threading.Lock()
 
@@ -66,15 +68,14 @@ def prior_class_images(base, settings: IDBoothSettings, cache_dir: Path, seed: i
             [settings.class_prompt] * len(missing),
             [sample_seed(seed, i, 0, "prior") for i in missing],
             settings.negative_prompt,
-            settings.steps,
-            settings.guidance_scale,
+            settings.prior_steps,
+            settings.prior_guidance_scale,
             settings.resolution,
-            settings.scheduler,
+            PRIOR_SCHEDULER,
         )
         for i, image in zip(missing, images, strict=True):
-            partial = paths[i].with_suffix(".partial.png")
-            Image.fromarray(image).save(partial)
-            partial.replace(paths[i])
+            with atomic_path(paths[i]) as partial:
+                Image.fromarray(image).save(partial, format="PNG")
     return _read_images(paths)
 
 
@@ -98,9 +99,9 @@ def reference_images(
         paths = sorted(p for p in folders[row].iterdir() if p.suffix.lower() in (".jpg", ".png"))
         return _read_images(paths[: settings.references_per_identity])
     from facefoundry.generators.idiff_face.generate import load_pipeline
-    from facefoundry.generators.settings import GenerateSettings
+    from facefoundry.generators.idiff_face.settings import IDiffFaceSettings
 
-    pipeline, _ = load_pipeline(GenerateSettings(model=idiff_model))
+    pipeline, _ = load_pipeline(IDiffFaceSettings(model=idiff_model))
     count = settings.references_per_identity
     return pipeline(
         np.repeat(embedding[None], count, axis=0),
@@ -113,12 +114,19 @@ def generate_chunk(
     identity_ids: list[int],
     out_dir: str | Path,
     part: int,
-    settings,
+    settings: IDBoothSettings,
     recipe_seed: int,
-    identity_model: torch.nn.Module | None = None,
+    identity_model: torch.nn.Module | None | str = "settings",
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> Path:
-    """ID-Booth images for one chunk; ``settings`` is the recipe's GenerateSettings."""
+    """ID-Booth images for one chunk (``settings``: the recipe's ``generate`` section).
+
+    ``identity_model`` is the triplet loss's recognizer: by default the one named in
+    ``settings.identity_model``; ``None`` fine-tunes without the triplet term. Adapters
+    and prior images live in ``cache_dir`` (default ``out_dir/.cache``) under a key of
+    everything that decides them (:func:`adapter_key`), so a re-run that changes only
+    sampling settings reuses them."""
     from facefoundry.generators.chunks import chunk_identities, write_chunk
     from facefoundry.generators.id_booth.lora import WEIGHTS_FILE, drop_lora, load_lora
     from facefoundry.generators.id_booth.prompts import variation_prompts
@@ -127,7 +135,9 @@ def generate_chunk(
     from facefoundry.generators.idiff_face.generate import chunk_paths
     from facefoundry.shards.layout import make_key
 
-    booth: IDBoothSettings = settings.id_booth
+    booth = settings
+    if isinstance(identity_model, str):
+        identity_model = identity_network(settings)
     out_dir = Path(out_dir)
     tar_path, parquet_path = chunk_paths(out_dir, part)
     if parquet_path.is_file():
@@ -135,25 +145,29 @@ def generate_chunk(
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = load_base_once(booth.base, device)
+    base = load_base_once(settings.model, device)
+    checksum = model_checksum(settings)
     table, position = chunk_identities(identities_path, identity_ids)
     trainer = None  # built only if an adapter is missing: it encodes the prior set
     rows, outputs = [], []
+    cache = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
+    key = adapter_key(settings, recipe_seed)
     for identity in identity_ids:
         identity = int(identity)
         name = f"id{identity:07d}"
-        adapter_dir = out_dir / "adapters" / f"{identity:07d}"
+        embedding = table.embeddings[position[identity]]
+        adapter_dir = cache / "adapters" / key / identity_slot(identity, embedding)
         if not (adapter_dir / WEIGHTS_FILE).is_file():
             instance = reference_images(
                 identity,
                 position[identity],
                 table.embeddings[position[identity]],
                 booth,
-                settings.model,
+                settings.references_model,
                 recipe_seed,
             )
             if trainer is None:
-                priors = prior_class_images(base, booth, out_dir / "prior", recipe_seed)
+                priors = prior_class_images(base, booth, cache / "prior" / key, recipe_seed)
                 trainer = IDBoothTrainer(base, booth, priors, identity_model)
             result = trainer.fine_tune(name, instance, adapter_dir, recipe_seed, progress)
             (adapter_dir / "history.json").write_text(json.dumps(result.history))
@@ -182,7 +196,7 @@ def generate_chunk(
                 "sample": sample,
                 "seed": seed,
                 "generator": "id_booth",
-                "model_checksum": "",
+                "model_checksum": checksum,
                 "scheduler": booth.scheduler,
                 "steps": booth.steps,
                 "guidance_scale": booth.guidance_scale,
@@ -192,3 +206,64 @@ def generate_chunk(
             outputs.append(image)
     write_chunk(tar_path, parquet_path, rows, outputs, settings.jpeg_quality)
     return parquet_path
+
+
+def adapter_key(settings: IDBoothSettings, recipe_seed: int) -> str:
+    """Hash of what decides every adapter of a run: base (and reference) model weights,
+    the training settings (``IDBoothSettings.ADAPTER_FIELDS``) and the recipe seed."""
+    import hashlib
+
+    from facefoundry.generators.chunks import folder_checksum
+
+    document = {name: getattr(settings, name) for name in settings.ADAPTER_FIELDS}
+    document["base"] = folder_checksum(settings.model)
+    if not settings.references:
+        document["references_model"] = folder_checksum(settings.references_model)
+    document["seed"] = recipe_seed
+    text = json.dumps(document, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def identity_slot(identity: int, embedding: np.ndarray) -> str:
+    """One identity's adapter folder name: its id and a digest of its embedding, so an
+    identity table drawn anew never picks up another face's adapter."""
+    import hashlib
+
+    vector = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
+    return f"{identity:07d}-{hashlib.sha256(vector).hexdigest()[:12]}"
+
+
+# --- the family protocol (generators/families.py) -----------------------------------------
+def model_checksum(settings: IDBoothSettings) -> str:
+    """The base pipeline and, when IDiff-Face draws the references, its model too."""
+    import hashlib
+
+    from facefoundry.generators.chunks import folder_checksum
+
+    parts = [folder_checksum(settings.model)]
+    if not settings.references:
+        parts.append(folder_checksum(settings.references_model))
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def identity_space(settings: IDBoothSettings):
+    """Identities condition the IDiff-Face model that draws each reference image."""
+    from facefoundry.generators.idiff_face.generate import identity_space as idiff_space
+
+    return idiff_space(settings, model=settings.references_model)
+
+
+_NETWORKS: dict = {}
+
+
+def identity_network(settings: IDBoothSettings) -> torch.nn.Module | None:
+    """The recognizer behind the triplet loss (None: the term is off), loaded once."""
+    if not settings.identity_model:
+        logger.warning("generate.identity_model is empty: fine-tuning without the triplet loss")
+        return None
+    key = (settings.identity_model, settings.identity_backbone, settings.identity_features)
+    if key not in _NETWORKS:
+        from facefoundry.recognition.export import load_backbone
+
+        _NETWORKS[key] = load_backbone(*key)
+    return _NETWORKS[key]

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from facefoundry.atomic import atomic_path
+
 CONFIG_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.safetensors"
 
@@ -46,9 +48,8 @@ def save_lora(unet, name: str, folder: str | Path, meta: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(unet, adapter_name=name)
-    partial = folder / (WEIGHTS_FILE + ".partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(partial))
-    partial.replace(folder / WEIGHTS_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as partial:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(partial))
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return folder / WEIGHTS_FILE
 

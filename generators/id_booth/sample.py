@@ -3,7 +3,8 @@ seeds -> RGB images, classifier-free guidance against a negative prompt.
 
 Written out step by step (encode -> seeded noise -> denoise -> decode) rather than
 through a diffusers pipeline class, so SD and SDXL share one loop and each image's
-initial noise comes from its own seed: any single image can be regenerated alone.
+initial noise comes from its own seed, and on CPU every model call has the same shape
+(``fixed_batches``): any single image can be regenerated alone, to the byte.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from facefoundry.generators.id_booth.prompts import PromptEmbeddings, encode_prompts
-from facefoundry.generators.seeds import generators_for
+from facefoundry.generators.seeds import fixed_batches, generators_for
 
 SCHEDULERS = {
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
@@ -52,9 +53,9 @@ def sample_images(
     latent_size = resolution // base.vae_scale_factor
     channels = base.unet.config.in_channels
     out = []
-    for start in range(0, len(prompts), batch_size):
-        batch_prompts = prompts[start : start + batch_size]
-        generators = generators_for(seeds[start : start + batch_size])
+    for index, real in fixed_batches(len(prompts), batch_size, device):
+        batch_prompts = [prompts[i] for i in index]
+        generators = generators_for([seeds[i] for i in index])
         latents = torch.stack(
             [torch.randn((channels, latent_size, latent_size), generator=g) for g in generators]
         ).to(device)
@@ -82,5 +83,6 @@ def sample_images(
                 output = uncond + guidance_scale * (cond - uncond)
             latents = sampler.step(output, t, latents).prev_sample
         images = base.vae.decode(latents / base.latent_scale).sample.float().clamp(-1, 1)
+        images = images[:real]
         out.append(((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, resolution, resolution, 3), np.uint8)

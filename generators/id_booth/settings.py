@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from facefoundry.generators.settings import GeneratorSettings
 
 DEFAULT_TEMPLATES = (
     "face portrait photo of {sex}{token} person, {background} background",
@@ -22,18 +24,24 @@ NEGATIVE_PROMPT = (
 )
 
 
-class IDBoothSettings(BaseModel):
-    """One LoRA per identity; the defaults follow the ID-Booth paper (REFERENCES.md)."""
+class IDBoothSettings(GeneratorSettings):
+    """Recipe section ``generate`` for ``family: id_booth``: one LoRA per identity on a
+    local SD-family pipeline (``model``); defaults follow the ID-Booth paper."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    base: str = Field("", description="local diffusers SD 1.5 / 2.1 / SDXL pipeline folder")
+    family: Literal["id_booth"] = "id_booth"
+    model: str = Field("", description="local diffusers SD 1.5 / 2.1 / SDXL pipeline folder")
+    batch_size: int = Field(8, ge=1)
+    references_model: str = Field(
+        "models/idiff-face-lfw", description="IDiff-Face folder that draws reference images"
+    )
     references: str | None = Field(
         None, description="folder of {identity}/*.jpg photos; None: one IDiff-Face image each"
     )
     references_per_identity: int = Field(1, ge=1)
     prior_images: str | None = Field(None, description="class images; drawn by the base if absent")
     prior_count: int = Field(200, ge=1)
+    prior_steps: int = Field(30, ge=1, description="sampling steps of drawn prior images")
+    prior_guidance_scale: float = Field(5.0, ge=0.0)
     token: str = "sks"
     class_prompt: str = "photo of a person"
     rank: int = Field(4, ge=1)
@@ -58,3 +66,33 @@ class IDBoothSettings(BaseModel):
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     negative_prompt: str = NEGATIVE_PROMPT
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+
+    # what decides an identity's adapter (with the base and reference models' checksums,
+    # the recipe seed and the identity's embedding): sampling settings are not here, so
+    # changing them reuses every adapter
+    ADAPTER_FIELDS: ClassVar[tuple[str, ...]] = (
+        "references",
+        "references_per_identity",
+        "prior_images",
+        "prior_count",
+        "prior_steps",
+        "prior_guidance_scale",
+        "token",
+        "class_prompt",
+        "negative_prompt",
+        "rank",
+        "alpha",
+        "target_modules",
+        "resolution",
+        "train_steps",
+        "learning_rate",
+        "weight_decay",
+        "prior_weight",
+        "triplet_margin",
+        "triplet_weight",
+        "face_crop",
+        "identity_model",
+        "identity_backbone",
+        "identity_features",
+        "mixed_precision",
+    )

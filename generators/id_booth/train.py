@@ -167,9 +167,13 @@ class IDBoothTrainer:
             and references is not None
             and references[1].any()
         )
-        params = add_lora(
-            self.base.unet, name, settings.rank, settings.alpha, settings.target_modules
-        )
+        # peft draws LoRA A's init from the global generator: seed it, so an adapter does not
+        # depend on what ran before it in this process (other identities, a resume)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(seed, 0, 0, f"id_booth-init:{name}"))
+            params = add_lora(
+                self.base.unet, name, settings.rank, settings.alpha, settings.target_modules
+            )
         optimizer = torch.optim.AdamW(
             params, lr=settings.learning_rate, weight_decay=settings.weight_decay
         )

@@ -8,15 +8,15 @@ seed, generator, model checksum, scheduler, steps, guidance), written last.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from facefoundry.generators.chunks import folder_checksum
+from facefoundry.generators.idiff_face.settings import IDiffFaceSettings
 from facefoundry.generators.seeds import sample_seed
-from facefoundry.generators.settings import GenerateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -24,22 +24,6 @@ logger = logging.getLogger(__name__)
 def chunk_paths(out_dir: str | Path, part: int) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     return out_dir / f"part-{part:05d}.tar", out_dir / f"part-{part:05d}.parquet"
-
-
-def model_checksum(folder: str | Path) -> str:
-    """SHA-256 over the model's weights and JSON configs (sorted by path): what decides the
-    images, for any generator folder. Training logs (``*history.json``) and pictures do
-    not count, so rewriting a log never changes a sample's metadata."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        relevant = path.suffix == ".safetensors" or (
-            path.suffix == ".json" and not path.name.endswith("history.json")
-        )
-        if path.is_file() and relevant:
-            digest.update(path.relative_to(folder).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _jittered(identity: np.ndarray, sigma: float, seed: int) -> np.ndarray:
@@ -54,14 +38,14 @@ _PIPELINES: dict = {}
 _LOAD_LOCK = threading.Lock()  # diffusers' lazy meta-device init is not thread-safe
 
 
-def load_pipeline(settings: GenerateSettings):
+def load_pipeline(settings: IDiffFaceSettings):
     """The sampling pipeline, loaded once per process (per worker on a Dask cluster)."""
     key = (settings.model, settings.scheduler, settings.device, settings.dtype)
     with _LOAD_LOCK:
         return _load_locked(key, settings)
 
 
-def _load_locked(key: tuple, settings: GenerateSettings):
+def _load_locked(key: tuple, settings: IDiffFaceSettings):
     import torch
 
     from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
@@ -73,7 +57,7 @@ def _load_locked(key: tuple, settings: GenerateSettings):
         pipeline = IDiffFacePipeline.from_pretrained(
             settings.model, settings.scheduler, device=device, dtype=getattr(torch, settings.dtype)
         )
-        _PIPELINES[key] = (pipeline, model_checksum(settings.model))
+        _PIPELINES[key] = (pipeline, folder_checksum(settings.model))
     return _PIPELINES[key]
 
 
@@ -81,13 +65,15 @@ def sample_with_backoff(
     pipeline,
     vectors: np.ndarray,
     seeds: list[int],
-    settings: GenerateSettings,
+    settings: IDiffFaceSettings,
     progress: bool = False,
 ) -> np.ndarray:
     """Sample, halving the batch after each GPU out-of-memory error (down to 1).
 
-    Per-sample seeds make the images independent of the batch size, so a retry with a
-    smaller batch reproduces what the larger one would have drawn.
+    Per-sample seeds fix each image's noise, and on CPU fixed model shapes fix its bytes
+    (``generators.seeds.fixed_batches``): any batch size draws the same images. On CUDA a
+    retry with a smaller batch runs other kernel shapes, so it draws the same images up to
+    float rounding, not necessarily the same bytes.
     """
     import torch
 
@@ -115,9 +101,10 @@ def generate_chunk(
     identity_ids: list[int],
     out_dir: str | Path,
     part: int,
-    settings: GenerateSettings,
+    settings: IDiffFaceSettings,
     recipe_seed: int,
     progress: bool = False,
+    cache_dir: str | Path | None = None,  # no per-identity artefacts to keep
 ) -> Path:
     """Generate ``samples_per_identity`` images for each identity of one chunk."""
     from facefoundry.generators.chunks import chunk_identities, write_chunk
@@ -160,3 +147,20 @@ def generate_chunk(
     images = sample_with_backoff(pipeline, np.stack(vectors), seeds, settings, progress)
     write_chunk(tar_path, parquet_path, rows, images, settings.jpeg_quality)
     return parquet_path
+
+
+# --- the family protocol (generators/families.py) -----------------------------------------
+def model_checksum(settings: IDiffFaceSettings) -> str:
+    return folder_checksum(settings.model)
+
+
+def identity_space(settings: IDiffFaceSettings, model: str | None = None):
+    """The model's identity vectors: size, the embedder that made them, its fitted prior."""
+    from facefoundry.generators.families import IdentitySpace
+    from facefoundry.generators.identities import PRIOR_FILE
+    from facefoundry.generators.idiff_face.model import read_config
+
+    folder = Path(model or settings.model)
+    config = read_config(folder)
+    prior = folder / PRIOR_FILE
+    return IdentitySpace(config.id_dim, config.conditioning_embedder, prior)

@@ -18,6 +18,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from facefoundry.errors import UsageError
 from facefoundry.generators.idiff_face.config import IDiffFaceConfig
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,19 @@ CONFIG_NAME = "idiff_face.json"
 CONDITIONER_WEIGHTS = "id_conditioner.safetensors"
 
 
-class ModelFolderError(FileNotFoundError):
+class ModelFolderError(UsageError, FileNotFoundError):
     """A model folder that is missing or incomplete; the message says what is absent."""
+
+
+def read_config(folder: str | Path) -> IDiffFaceConfig:
+    """The model's config alone (no weights): what identity vectors it expects."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise ModelFolderError(
+            f"generator model {folder} not found (no {CONFIG_NAME}); set generate.model to an "
+            "IDiff-Face model folder (e.g. models/idiff-face-lfw)"
+        )
+    return IDiffFaceConfig.model_validate(json.loads(path.read_text()))
 
 
 class IdentityConditioner(nn.Module):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.schedule import make_sampler
-from facefoundry.generators.seeds import generators_for
+from facefoundry.generators.seeds import fixed_batches, generators_for
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +74,16 @@ class IDiffFacePipeline:
         if len(identities) != len(seeds):
             raise ValueError(f"{len(identities)} identities but {len(seeds)} seeds")
         images = []
-        for start in range(0, len(seeds), batch_size):
+        for index, real in fixed_batches(len(seeds), batch_size, self.device):
             images.append(
                 self._sample_batch(
-                    identities[start : start + batch_size],
-                    seeds[start : start + batch_size],
+                    identities[index],
+                    [seeds[i] for i in index],
                     steps,
                     guidance_scale,
                     output_size,
                     progress,
-                )
+                )[:real]
             )
         return (
             np.concatenate(images)

@@ -6,7 +6,3 @@ layout box (``layout``) covers it. Training adds identity and InfoNCE losses on 
 cropped from the predicted clean image (``losses``, ``train``); ``generate`` samples group
 images and crops them back into per-identity aligned faces for the dataset stages.
 """
-
-from facefoundry.generators.with_anyone.settings import MultiIdSettings
-
-__all__ = ["MultiIdSettings"]

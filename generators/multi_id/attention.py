@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from facefoundry.generators.with_anyone.identity_tokens import IdentityTokenizer
-from facefoundry.generators.with_anyone.layout import box_masks
+from facefoundry.generators.multi_id.identity_tokens import IdentityTokenizer
+from facefoundry.generators.multi_id.layout import box_masks
 
 
 @dataclass

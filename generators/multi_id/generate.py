@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facefoundry.generators.multi_id.attention import IdentityAdapter
+from facefoundry.generators.multi_id.layout import layout_seed, sample_layout, validate_layout
+from facefoundry.generators.multi_id.losses import hungarian
+from facefoundry.generators.multi_id.settings import MultiIdSettings
 from facefoundry.generators.seeds import generators_for, sample_seed
-from facefoundry.generators.with_anyone.attention import IdentityAdapter
-from facefoundry.generators.with_anyone.layout import layout_seed, sample_layout, validate_layout
-from facefoundry.generators.with_anyone.losses import hungarian
-from facefoundry.generators.with_anyone.settings import MultiIdSettings
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ _LOCK = threading.Lock()
 
 def load_generator(settings: MultiIdSettings):
     """(unet, adapter, training scheduler, vae, checksum), once per process."""
-    from facefoundry.generators.idiff_face.generate import model_checksum
-    from facefoundry.generators.with_anyone.model import load_model
+    from facefoundry.generators.chunks import folder_checksum
+    from facefoundry.generators.multi_id.model import load_model
 
     key = (settings.model, settings.device, settings.dtype)
     with _LOCK:
@@ -224,7 +224,7 @@ def load_generator(settings: MultiIdSettings):
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             loaded = load_model(settings.model, device, getattr(torch, settings.dtype))
-            _MODELS[key] = (*loaded, model_checksum(settings.model))
+            _MODELS[key] = (*loaded, folder_checksum(settings.model))
         return _MODELS[key]
 
 
@@ -307,6 +307,7 @@ def generate_chunk(
     settings: MultiIdSettings,
     recipe_seed: int,
     progress: bool = False,
+    cache_dir: str | Path | None = None,  # no per-identity artefacts to keep
 ) -> Path:
     """``samples_per_identity`` group images per identity slot, cropped back to faces.
 
@@ -319,7 +320,7 @@ def generate_chunk(
 
     from facefoundry.faces import get_detector, get_embedder
     from facefoundry.generators.chunks import chunk_identities, write_chunk
-    from facefoundry.generators.with_anyone.model import make_sampler
+    from facefoundry.generators.multi_id.model import make_sampler
     from facefoundry.shards.layout import make_key
 
     tar_path, parquet_path, rejects_path = chunk_paths(out_dir, part)
@@ -413,3 +414,21 @@ def generate_chunk(
     )
     logger.info("chunk %d: %d samples, %d rejects", part, len(rows), len(rejects))
     return parquet_path
+
+
+# --- the family protocol (generators/families.py) -----------------------------------------
+def model_checksum(settings: MultiIdSettings) -> str:
+    from facefoundry.generators.chunks import folder_checksum
+
+    return folder_checksum(settings.model)
+
+
+def identity_space(settings: MultiIdSettings):
+    """Identity size from the adapter's tokenizer config; a prior when the folder has one."""
+    from facefoundry.generators.families import IdentitySpace
+    from facefoundry.generators.identities import PRIOR_FILE
+    from facefoundry.generators.multi_id.model import read_tokenizer_config
+
+    config = read_tokenizer_config(settings.model)
+    prior = Path(settings.model) / PRIOR_FILE
+    return IdentitySpace(int(config["id_dim"]), config.get("embedder", ""), prior)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facefoundry.generators.multi_id.layout import sample_layout
+from facefoundry.generators.multi_id.train import MultiIdBatch
 from facefoundry.generators.seeds import sample_seed
 from facefoundry.generators.training_data import FaceTrainingSet
-from facefoundry.generators.with_anyone.layout import sample_layout
-from facefoundry.generators.with_anyone.train import MultiIdBatch
 
 
 class GroupCanvasSet:

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from facefoundry.generators.with_anyone.attention import (
+from facefoundry.generators.multi_id.attention import (
     IdentityAdapter,
     install_identity_adapter,
     remove_identity_adapter,
 )
-from facefoundry.generators.with_anyone.identity_tokens import IdentityTokenizer
+from facefoundry.generators.multi_id.identity_tokens import IdentityTokenizer
 
 CONFIG_NAME = "multi_id.json"
 ADAPTER_NAME = "adapter.safetensors"
@@ -79,17 +79,23 @@ def save_model(folder: str | Path, unet, adapter: IdentityAdapter, scheduler, va
     return folder
 
 
-def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(unet, adapter, training scheduler, vae or None) from a folder of ``save_model``."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
+def read_tokenizer_config(folder: str | Path) -> dict:
+    """The identity tokenizer's config (``id_dim``, ``token_dim``, ``num_tokens``, ...)."""
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(
             f"{folder} is not a multi-id model folder (no {CONFIG_NAME}); make one with "
             "`facefoundry generator init-multi-id` and train it with `train-multi-id`"
         )
-    config = json.loads((folder / CONFIG_NAME).read_text())["tokenizer"]
+    return json.loads((folder / CONFIG_NAME).read_text())["tokenizer"]
+
+
+def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(unet, adapter, training scheduler, vae or None) from a folder of ``save_model``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    folder = Path(folder)
+    config = read_tokenizer_config(folder)
     unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device, dtype).eval()
     tokenizer = IdentityTokenizer(
         config["id_dim"], config["token_dim"], config["num_tokens"], config.get("hidden")

@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facefoundry.generators.with_anyone.attention import IdentityAdapter, adapter_parameters
-from facefoundry.generators.with_anyone.losses import (
+from facefoundry.generators.multi_id.attention import IdentityAdapter, adapter_parameters
+from facefoundry.generators.multi_id.losses import (
     crop_faces,
     identity_loss,
     info_nce,
     low_noise_weight,
     predicted_x0,
 )
-from facefoundry.generators.with_anyone.model import load_adapter, save_adapter
-from facefoundry.generators.with_anyone.settings import MultiIdSettings
+from facefoundry.generators.multi_id.model import load_adapter, save_adapter
+from facefoundry.generators.multi_id.settings import MultiIdTrainSettings
 
 
 @dataclass
@@ -55,7 +55,7 @@ def training_step(
     batch: MultiIdBatch,
     id_network: nn.Module,
     optimizer: torch.optim.Optimizer,
-    settings: MultiIdSettings,
+    settings: MultiIdTrainSettings,
     vae=None,
     negatives: torch.Tensor | None = None,
     generator: torch.Generator | None = None,

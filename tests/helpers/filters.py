@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from filters.samples import META_PREFIX, fixed_list
+from facefoundry.filters.samples import META_PREFIX, fixed_list
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:

@@ -1,0 +1,31 @@
+"""Lazy package exports: ``from facefoundry.faces import get_embedder`` works, but
+importing a package runs none of its submodules (so loading a recipe's settings never
+pays for torch or OpenCV)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` for ``package``; ``exports`` maps a public name to
+    ``"submodule"`` or ``"submodule:attribute"`` (for a renamed export)."""
+
+    def __getattr__(name: str) -> Any:
+        target = exports.get(name)
+        if target is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module, _, attribute = target.partition(":")
+        value = getattr(importlib.import_module(f"{package}.{module}"), attribute or name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__

@@ -1,0 +1,20 @@
+"""Recipe section ``generate`` for ``family: idiff_face``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from facefoundry.generators.settings import GeneratorSettings
+
+
+class IDiffFaceSettings(GeneratorSettings):
+    """An IDiff-Face model folder and how it samples."""
+
+    family: Literal["idiff_face"] = "idiff_face"
+    model: str = Field("models/idiff-face-lfw", description="IDiff-Face model folder")
+    scheduler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
+    steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(1.0, ge=0.0)
+    context_noise: float = Field(0.0, ge=0.0, description="std of per-sample identity jitter")
