@@ -200,9 +200,24 @@ def nan_embed_folder(root: Path) -> Path:
             "embedding_dlib": fixed_list(vectors),
         }
     )
-    meta = {f"{META_PREFIX}sface.checksum": "x", f"{META_PREFIX}dlib.checksum": "y"}
+    from facefoundry.faces import get_embedder
+
+    meta = {
+        f"{META_PREFIX}{name}.checksum": get_embedder(name).checksum for name in ("sface", "dlib")
+    }
     pq.write_table(table.replace_schema_metadata(meta), folder / "part-00000.parquet")
     return folder.parent
+
+
+def nan_rejected(filter_dir: Path) -> bool:
+    """Every NaN-embedded sample is a recorded ``bad_embedding`` reject, none kept."""
+    import pyarrow.parquet as pq
+
+    path = filter_dir / "decisions.parquet"
+    if not path.is_file():
+        return False
+    rows = pq.read_table(path).to_pylist()
+    return bool(rows) and all(not r["kept"] and r["reject_reason"] == "bad_embedding" for r in rows)
 
 
 def recipe_file(root: Path, name: str, text: str | bytes) -> Path:
@@ -446,6 +461,8 @@ def main() -> None:
                 "filter-nan-embeddings",
                 "filter",
                 ["filter", str(nan_embed_folder(root)), "--out", str(out / "f")],
+                "reject",
+                lambda done: nan_rejected(out / "f"),
             ),
             Case(
                 "filter-missing-embed-folder",

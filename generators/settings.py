@@ -33,7 +33,9 @@ class GeneratorSettings(BaseModel):
 
     model: str = Field(description="the family's model folder")
     samples_per_identity: int = Field(8, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(
+        64, ge=1, description="samples per model call on CUDA; CPU always runs seeds.CPU_BATCH"
+    )
     chunk_identities: int = Field(50, ge=1, description="identities per chunk (unit of work)")
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

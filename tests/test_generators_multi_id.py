@@ -300,6 +300,17 @@ def test_sampling_and_generate_chunk_record_rejects(tmp_path):
         layout[None], [11], steps=2,
     )  # fmt: skip
     assert again.shape == images.shape
+    # a group image is the same bytes drawn alone or in a batch (fixed CPU call shapes)
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((3, 2, ID_DIM))
+    layouts = np.stack([sample_layout(2, seed=s, box_min=0.3, box_max=0.4) for s in (1, 2, 3)])
+    sampler = make_sampler(scheduler, "dpmsolver++")
+    together = sample_groups(unet, adapter, sampler, vectors, layouts, [5, 6, 7], steps=2)
+    for i in range(3):
+        alone = sample_groups(
+            unet, adapter, sampler, vectors[i : i + 1], layouts[i : i + 1], [5 + i], steps=2
+        )
+        assert np.array_equal(alone[0], together[i])
     with pytest.raises(ValueError, match="overlap"):
         sample_groups(unet, adapter, scheduler, np.zeros((1, 2, ID_DIM)), [BOXES[:1] * 2], [1])
 

@@ -23,7 +23,7 @@ from facefoundry.generators.multi_id.attention import IdentityAdapter
 from facefoundry.generators.multi_id.layout import layout_seed, sample_layout, validate_layout
 from facefoundry.generators.multi_id.losses import hungarian
 from facefoundry.generators.multi_id.settings import MultiIdSettings
-from facefoundry.generators.seeds import generators_for, sample_seed
+from facefoundry.generators.seeds import fixed_batches, generators_for, sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +42,42 @@ def sample_groups(
 ) -> np.ndarray:
     """(B, K, id_dim) identities at (B, K, 4) boxes -> RGB uint8 (B, H, W, 3) images.
 
-    Noise comes from one CPU generator per seed, so batching never changes an image;
+    Noise comes from one CPU generator per seed, and on CPU every model call has the same
+    shape (``generators.seeds.fixed_batches``), so batching never changes an image;
     ``scheduler`` is any diffusers sampler (a fresh copy is made: schedulers hold state).
     """
+    if not len(identities) == len(boxes) == len(seeds):
+        raise ValueError(f"{len(identities)} identities, {len(boxes)} layouts, {len(seeds)} seeds")
+    device = next(unet.parameters()).device
+    identities, boxes = np.asarray(identities), np.asarray(boxes)
+    per_sample = prompt_embeds is not None and prompt_embeds.ndim == 3 and len(prompt_embeds) > 1
+    out = []
+    for index, real in fixed_batches(len(seeds), len(seeds), device):
+        prompt = prompt_embeds[index] if per_sample else prompt_embeds
+        images = _sample_group_batch(
+            unet,
+            adapter,
+            scheduler,
+            identities[index],
+            boxes[index],
+            [seeds[i] for i in index],
+            steps,
+            prompt,
+            vae,
+        )
+        out.append(images[:real])
+    return np.concatenate(out)
+
+
+def _sample_group_batch(
+    unet, adapter, scheduler, identities, boxes, seeds, steps, prompt_embeds, vae
+) -> np.ndarray:
     param = next(unet.parameters())
     device, dtype = param.device, param.dtype
     identities = torch.as_tensor(np.asarray(identities), dtype=torch.float32, device=device)
     boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32, device=device)
     for group in boxes.cpu().numpy():
         validate_layout(group)
-    if not len(identities) == len(boxes) == len(seeds):
-        raise ValueError(f"{len(identities)} identities, {len(boxes)} layouts, {len(seeds)} seeds")
     size = unet.config.sample_size
     shape = (unet.config.in_channels, size, size)
     latents = torch.stack([torch.randn(shape, generator=g) for g in generators_for(seeds)])
