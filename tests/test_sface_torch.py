@@ -1,0 +1,82 @@
+"""The torch copy of SFace agrees with OpenCV's SFace on real LFW faces and is differentiable."""
+
+import numpy as np
+import pytest
+import torch
+
+FACE_COUNT = 16
+
+
+@pytest.fixture(scope="module")
+def aligned_faces(lfw):
+    """Sixteen real LFW faces aligned to the template, spread over the alphabet."""
+    from facefoundry.faces import align_face, decode_image, get_detector, select_face
+
+    detector = get_detector("yunet")
+    names = sorted(lfw.names())
+    faces = []
+    for name in names[:: max(1, len(names) // (2 * FACE_COUNT))]:
+        image = decode_image(lfw.read(name), name)
+        face = select_face(detector.detect(image), image.shape)
+        if face is not None:
+            faces.append(align_face(image, face.landmarks))
+        if len(faces) == FACE_COUNT:
+            break
+    assert len(faces) == FACE_COUNT
+    return np.stack(faces)
+
+
+@pytest.fixture(scope="module")
+def sface_torch():
+    from facefoundry.recognition.sface_torch import load_sface_torch
+
+    return load_sface_torch()
+
+
+def test_graph_uses_only_supported_ops(sface_torch):
+    from facefoundry.recognition.sface_torch import SUPPORTED_OPS
+
+    ops = {op for op, *_ in sface_torch._nodes}
+    assert ops == SUPPORTED_OPS
+    assert not any(p.requires_grad for p in sface_torch.parameters())
+
+
+def test_matches_opencv_sface_and_batches_like_single_faces(aligned_faces, sface_torch):
+    from facefoundry.faces import get_embedder
+    from facefoundry.recognition.sface_torch import normalise, preprocess
+
+    reference = get_embedder("sface").embed_aligned(aligned_faces)
+    with torch.no_grad():
+        batched = sface_torch(preprocess(aligned_faces))
+        single = torch.cat([sface_torch(preprocess(face)) for face in aligned_faces])
+    assert batched.shape == (FACE_COUNT, 128)
+    cosine = (normalise(batched).numpy() * reference).sum(axis=1)
+    assert cosine.min() >= 0.999, cosine
+    assert (batched - single).abs().max() <= 1e-4  # measured ~5e-6 on CPU
+
+
+def test_gradient_reaches_the_pixels(aligned_faces, sface_torch):
+    from facefoundry.recognition.sface_torch import normalise, preprocess, preprocess_tensor
+
+    target = normalise(sface_torch(preprocess(aligned_faces[1:3]))).detach()
+    images = preprocess(aligned_faces[2:4]).requires_grad_(True)
+    embeddings = normalise(sface_torch(preprocess_tensor(images)))
+    loss = 1 - (embeddings * target).sum(dim=1).mean()
+    loss.backward()
+    grad = images.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_rejects_unknown_ops():
+    from onnx import TensorProto, helper
+
+    from facefoundry.recognition.sface_torch import OnnxGraphModule
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    with pytest.raises(ValueError, match="Relu"):
+        OnnxGraphModule(helper.make_model(graph))
