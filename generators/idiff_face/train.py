@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefoundry import checkpoints
+from facefoundry.generators.denoise import predicted_x0
 from facefoundry.generators.identities import PRIOR_FILE, save_identity_prior
+from facefoundry.generators.idiff_face import identity_loss as id_loss
 from facefoundry.generators.idiff_face.config import IDiffFaceConfig
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
@@ -52,6 +54,12 @@ class TrainSettings(BaseModel):
     log_every: int = 25
     mixed_precision: str = Field("auto", pattern="^(auto|no|bf16|fp16)$")
     threads: int | None = None
+    # identity term (issue 16; identity_loss.py): identity_weight * mean_b w(t) *
+    # (1 - cos(SFace(predicted x0), condition)), w(t) = (1 - t / (identity_max_t * T))**2
+    # for t <= identity_max_t * T and 0 above (ID-Booth's (1 - t/T)^2 weighting, limited
+    # to t <= 0.6 T as in WithAnyone). 0 (the default) leaves training unchanged.
+    identity_weight: float = Field(0.0, ge=0.0)
+    identity_max_t: float = Field(0.6, gt=0.0, le=1.0, description="fraction of T")
 
 
 class Ema:
@@ -119,6 +127,16 @@ class Trainer:
                 f"expects {model.config.id_dim}-d (id_dim)"
             )
         self.samples = self._prepare_samples(data, vae)
+        self.vae = None
+        self.recognizer = None
+        if settings.identity_weight > 0:
+            id_loss.check_identity_conditioning(
+                model.config.conditioning_embedder, model.config.id_dim
+            )
+            if model.config.latent:  # the term judges pixels: decode x0 with the frozen VAE
+                self.vae = vae.eval().requires_grad_(False).to(self.accelerator.device)
+            self.recognizer = id_loss.load_identity_recognizer(self.accelerator.device)
+        self.last_identity: float | None = None
         self.embeddings = torch.from_numpy(np.ascontiguousarray(data.embeddings))
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -171,7 +189,13 @@ class Trainer:
         return x0, identity, timesteps, noise, drop
 
     def loss_at(self, step: int) -> torch.Tensor:
-        """The (weighted) denoising loss of step ``step``'s batch with the current weights."""
+        """The training loss of step ``step``'s batch with the current weights: the
+        (weighted) denoising loss, plus ``identity_weight`` x the identity term."""
+        return self.loss_terms(step)["loss"]
+
+    def loss_terms(self, step: int) -> dict:
+        """``loss`` (what is optimised), ``denoise`` and ``identity`` (None when
+        ``identity_weight`` is 0) for step ``step``'s batch."""
         x0, identity, timesteps, noise, drop = self._batch(step)
         device = self.accelerator.device
         x0, identity, timesteps, noise, drop = (
@@ -180,6 +204,11 @@ class Trainer:
         torch.manual_seed(
             sample_seed(self.settings.seed, self.accelerator.process_index, step, "dropout")
         )
+        return self.terms(x0, identity, timesteps, noise, drop)
+
+    def terms(self, x0, identity, timesteps, noise, drop) -> dict:
+        """The loss terms of one batch (device tensors): see ``loss_terms``."""
+        device = self.accelerator.device
         noisy = self.noise.add_noise(x0, noise, timesteps)
         kind = self.config.prediction_type
         if kind == "epsilon":
@@ -192,13 +221,48 @@ class Trainer:
             predicted = self.model(noisy, timesteps, identity, drop)
         per_sample = F.mse_loss(predicted.float(), target.float(), reduction="none").mean((1, 2, 3))
         weights = min_snr_weights(self.noise, timesteps, self.settings.min_snr_gamma).to(device)
-        return (per_sample * weights).mean()
+        denoise = (per_sample * weights).mean()
+        if self.settings.identity_weight <= 0:
+            return {"loss": denoise, "denoise": denoise, "identity": None}
+        term = self.identity_term(noisy, predicted, identity, timesteps, drop)
+        return {
+            "loss": denoise + self.settings.identity_weight * term,
+            "denoise": denoise,
+            "identity": term,
+        }
+
+    def identity_term(self, noisy, predicted, identity, timesteps, drop) -> torch.Tensor:
+        """The weighted identity term (``identity_loss``) of the x0 the output implies;
+        rows trained unconditionally (``drop``) get weight 0."""
+        if self.recognizer is None:
+            raise ValueError("the identity term needs TrainSettings.identity_weight > 0")
+        weights = id_loss.identity_weights(
+            timesteps, self.config.num_train_timesteps, self.settings.identity_max_t
+        ).to(timesteps.device)
+        weights = torch.where(drop, torch.zeros_like(weights), weights)
+        if not bool((weights > 0).any()):
+            return predicted.new_zeros((), dtype=torch.float32)
+        x0 = predicted_x0(
+            self.noise.alphas_cumprod, noisy, predicted, timesteps, self.config.prediction_type
+        )
+        if self.config.latent:
+            if self.vae is None:
+                raise ValueError("identity loss needs a pixel-space model or the model's VAE")
+            active = weights > 0  # decode only the rows that count; same batch mean
+            scale = getattr(self.vae.config, "scaling_factor", 1.0)
+            images = self.vae.decode(x0[active] / scale).sample.float()
+            term = id_loss.identity_loss(images, identity[active], self.recognizer, weights[active])
+            return term * (int(active.sum()) / len(x0))
+        return id_loss.identity_loss(x0, identity, self.recognizer, weights)
 
     def train_step(self) -> float:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.learning_rate * self.lr_factor(self.step)
-        loss = self.loss_at(self.step)
+        terms = self.loss_terms(self.step)
+        loss = terms["loss"]
+        if terms["identity"] is not None:
+            self.last_identity = float(terms["identity"].detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -255,9 +319,11 @@ class Trainer:
             unit="step",
             disable=not progress,
         )
-        running = []
+        running, running_identity = [], []
         while self.step < self.settings.steps:
             running.append(self.train_step())
+            if self.last_identity is not None:
+                running_identity.append(self.last_identity)
             bar.update(1)
             if self.step % self.settings.log_every == 0:
                 entry = {
@@ -266,9 +332,11 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - started, 1),
                 }
+                if running_identity:  # the unweighted-by-identity_weight identity term
+                    entry["identity"] = float(np.mean(running_identity))
                 self.history.append(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                running = []
+                running, running_identity = [], []
             if self.step % self.settings.checkpoint_every == 0:
                 self.save_checkpoint()
             if max_seconds and time.perf_counter() - started > max_seconds:
