@@ -311,3 +311,12 @@ def test_user_facing_errors_share_one_base_and_keep_their_builtin_base():
         assert issubclass(cls, FacefoundryError) and not issubclass(cls, UsageError), cls
     assert issubclass(EmptyDatasetError, ValueError) and issubclass(OfflineError, RuntimeError)
     assert LfwNotFoundError("x").exit_code == 2 and ShardError("x").exit_code == 1
+
+
+def test_run_without_lfw_stops_before_any_stage(tmp_path, monkeypatch, capsys):
+    """The demo evaluates on LFW: with no LFW the run refuses at once, creating nothing."""
+    monkeypatch.setenv("FACEFOUNDRY_DATA_DIR", str(tmp_path / "no-data"))
+    code = main(["run", "recipes/demo.yaml", "--no-prefect", "--out", str(tmp_path / "runs")])
+    assert code == 2
+    assert "LFW not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -50,9 +50,24 @@ def check_generator(recipe) -> None:
     family_of(settings).load().identity_space(settings)
 
 
+def check_lfw(recipe, stop_after: str | None = None) -> None:
+    """A run that validates or evaluates on LFW needs it: say so before the first stage,
+    not after generation, embedding and training have run."""
+    from facefoundry.flows.stage_table import STAGE_NAMES
+
+    if stop_after and STAGE_NAMES.index(stop_after) < STAGE_NAMES.index("train"):
+        return
+    if not (recipe.evaluation.pairs or recipe.train.val_pairs):
+        return
+    from facefoundry.evaluation.lfw import Lfw
+
+    Lfw(recipe.evaluation.lfw)  # LfwNotFoundError: a one-line usage error
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set)  # a bad key fails before anything starts
     check_generator(recipe)
+    check_lfw(recipe, args.stop_after)
     if args.no_prefect:
         from facefoundry.flows.report import write_report
         from facefoundry.flows.stages import build
