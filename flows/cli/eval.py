@@ -6,9 +6,9 @@ import argparse
 import pickle
 
 from facefoundry.errors import UsageError
+from facefoundry.faces.specs import EMBEDDER_HELP
 from facefoundry.flows.cli._common import (
     DETECTOR_HELP,
-    EMBEDDER_HELP,
     LFW_HELP,
     RAW,
     check_models,

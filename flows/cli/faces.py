@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from facefoundry.errors import UsageError
-from facefoundry.flows.cli._common import DETECTOR_HELP, EMBEDDER_HELP, RAW, check_models
+from facefoundry.faces.specs import EMBEDDER_HELP
+from facefoundry.flows.cli._common import DETECTOR_HELP, RAW, check_models
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from facefoundry.errors import UsageError
+from facefoundry.faces.specs import EMBEDDER_HELP
 from facefoundry.flows.cli._common import (
-    EMBEDDER_HELP,
     LFW_HELP,
     RAW,
     add_set_option,

@@ -59,3 +59,18 @@ def adapted(seed: int = 0, size: int = 16, in_channels: int = 3, live: bool = Tr
         for processor in adapter.processors.values():
             nn.init.normal_(processor.to_out_id.weight, std=0.5)
     return unet, adapter
+
+
+def tiny_vae():
+    """A one-level AutoencoderKL (4 latent channels) for latent-model tests."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
