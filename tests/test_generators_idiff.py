@@ -147,6 +147,30 @@ def test_guidance_and_reference_ddpm_sampler_run():
     assert ddpm.shape == (2, 16, 16, 3)
 
 
+def test_guidance_interval_covering_every_step_is_plain_guidance_bit_for_bit():
+    torch.manual_seed(0)
+    pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")
+    rows = []
+    pipeline.model.register_forward_hook(lambda module, args, output: rows.append(len(output)))
+    identities = np.random.default_rng(3).standard_normal((2, 12)).astype(np.float32)
+
+    def sample(**kwargs):
+        rows.clear()
+        images = pipeline(identities, [4, 5], steps=6, output_size=32, **kwargs)
+        return images, list(rows)
+
+    plain, plain_rows = sample(guidance_scale=3.0)
+    covering, covering_rows = sample(guidance_scale=3.0, guidance_interval=(0, 999))
+    assert np.array_equal(covering, plain) and covering_rows == plain_rows
+    unguided, _ = sample(guidance_scale=1.0)
+    outside, outside_rows = sample(guidance_scale=3.0, guidance_interval=(2000, 3000))
+    assert np.array_equal(outside, unguided)
+    assert set(outside_rows) == {8}  # conditional only: one CPU batch, never doubled
+    middle, middle_rows = sample(guidance_scale=3.0, guidance_interval=(300, 700))
+    assert 0 < middle_rows.count(16) < len(plain_rows)
+    assert not np.array_equal(middle, plain) and not np.array_equal(middle, unguided)
+
+
 def test_wrong_embedding_dimension_and_missing_model_are_clear_errors(tmp_path):
     model = IDiffFaceModel(tiny_config())
     with pytest.raises(ValueError, match="12-d"):
@@ -287,3 +311,20 @@ def test_identity_loss_rejects_non_sface_conditioning(tmp_path):
     config = tiny_config(id_dim=128, conditioning_embedder="onnx:arcface.onnx")
     with pytest.raises(ValueError, match="arcface"):
         Trainer(IDiffFaceModel(config), tiny_data(dim=128), settings, tmp_path)
+
+
+def test_person_batches_draw_people_uniformly_not_images():
+    # one person with 90 images, nine with 1: per image the big person fills ~91% of
+    # rows, per person ~10%
+    labels = np.array([0] * 90 + list(range(1, 10)))
+    data = tiny_data(n=len(labels))
+    data.labels = labels
+    share = {}
+    for sampling in ("image", "person"):
+        settings = TrainSettings(steps=1, batch_size=2000, batch_sampling=sampling)
+        trainer = Trainer(IDiffFaceModel(tiny_config()), data, settings, "unused")
+        _, identity, *_ = trainer._batch(0)
+        rows = (identity[:, None, :] == trainer.embeddings[None]).all(-1).float().argmax(1)
+        share[sampling] = float((torch.from_numpy(labels)[rows] == 0).float().mean())
+    assert share["image"] > 0.85
+    assert 0.05 < share["person"] < 0.15

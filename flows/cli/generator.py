@@ -76,6 +76,11 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         threads=args.threads,
         seed=args.seed,
+        warmup_steps=args.warmup_steps,
+        identity_weight=args.identity_weight,
+        identity_max_t=args.identity_max_t,
+        identity_max_rows=args.identity_max_rows,
+        batch_sampling=args.batch_sampling,
     )
     model = train_idiff_face(
         args.data,
@@ -238,6 +243,32 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--warmup-steps", type=int, default=200, help="linear lr warm-up")
+    train.add_argument(
+        "--identity-weight",
+        type=float,
+        default=0.0,
+        help="weight of the identity term: 1 - cos(SFace(predicted x0), condition) at low "
+        "noise (0 = off; needs an SFace-conditioned model)",
+    )
+    train.add_argument(
+        "--identity-max-t",
+        type=float,
+        default=0.6,
+        help="identity term only for t <= this fraction of T (default 0.6)",
+    )
+    train.add_argument(
+        "--identity-max-rows",
+        type=int,
+        default=None,
+        help="at most this many rows per step through the recognizer (CPU cost)",
+    )
+    train.add_argument(
+        "--batch-sampling",
+        choices=["image", "person"],
+        default="image",
+        help="draw batch rows per image, or per person (uniform over people)",
+    )
     train.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     train.add_argument(

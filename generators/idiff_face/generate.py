@@ -85,6 +85,7 @@ def sample_with_backoff(
                 seeds,
                 steps=settings.steps,
                 guidance_scale=settings.guidance_scale,
+                guidance_interval=settings.guidance_interval,
                 batch_size=batch,
                 progress=progress,
             )

@@ -69,7 +69,11 @@ class IDiffFacePipeline:
         batch_size: int = 64,
         output_size: int = 112,
         progress: bool = False,
+        guidance_interval: tuple[int, int] | None = None,
     ) -> np.ndarray:
+        """``guidance_interval`` (lo, hi): guidance only at timesteps lo <= t <= hi, the
+        conditional output alone elsewhere (one model call instead of two; Kynkaanniemi
+        et al. 2024). None = every step."""
         identities = torch.as_tensor(np.asarray(identities), dtype=torch.float32)
         if len(identities) != len(seeds):
             raise ValueError(f"{len(identities)} identities but {len(seeds)} seeds")
@@ -83,6 +87,7 @@ class IDiffFacePipeline:
                     guidance_scale,
                     output_size,
                     progress,
+                    guidance_interval,
                 )[:real]
             )
         return (
@@ -91,7 +96,9 @@ class IDiffFacePipeline:
             else np.zeros((0, output_size, output_size, 3), np.uint8)
         )
 
-    def _sample_batch(self, identity, seeds, steps, guidance_scale, output_size, progress):
+    def _sample_batch(
+        self, identity, seeds, steps, guidance_scale, output_size, progress, interval=None
+    ):
         config = self.model.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
         generators = generators_for(seeds)  # CPU generators: identical noise on any device
@@ -119,11 +126,15 @@ class IDiffFacePipeline:
 
             timesteps = tqdm(timesteps, desc=f"{self.scheduler_name} x{len(seeds)}", leave=False)
         for t in timesteps:
-            model_in = torch.cat([latents, latents]) if use_cfg else latents
+            guided = use_cfg and (interval is None or interval[0] <= int(t) <= interval[1])
+            model_in = torch.cat([latents, latents]) if guided else latents
             model_in = scheduler.scale_model_input(model_in, t)
             t_batch = torch.full((len(model_in),), int(t), device=self.device, dtype=torch.long)
-            output = self.model(model_in, t_batch, identity_in, drop)
-            if use_cfg:
+            if guided:
+                output = self.model(model_in, t_batch, identity_in, drop)
+            else:
+                output = self.model(model_in, t_batch, identity, None)
+            if guided:
                 unconditional, conditional = output.chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)
             step_kwargs = {}

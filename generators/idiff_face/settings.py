@@ -17,4 +17,7 @@ class IDiffFaceSettings(GeneratorSettings):
     scheduler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
     steps: int = Field(25, ge=1)
     guidance_scale: float = Field(1.0, ge=0.0)
+    guidance_interval: tuple[int, int] | None = Field(
+        None, description="guidance only for timesteps lo <= t <= hi (None: every step)"
+    )
     context_noise: float = Field(0.0, ge=0.0, description="std of per-sample identity jitter")
