@@ -2,7 +2,7 @@
 
 | stage      | reads (upstream) | recipe section it depends on        | body (its package)               |
 |------------|------------------|-------------------------------------|----------------------------------|
-| identities | -                | identities, seed, the family's model| generators.identities            |
+| identities | -                | identities, seed, the family's model| generators.identities (.probe)   |
 | generate   | identities       | generate (not batching), seed       | the family's module (chunked)    |
 | embed      | generate         | faces, every embedder the filter uses| faces.embed_stage (chunked)     |
 | filter     | embed            | filter                              | filters.stage                    |
@@ -63,18 +63,42 @@ def _dump(recipe: Recipe, section: str) -> dict:
 
 # --- identities -----------------------------------------------------------------------------
 def identities_section(recipe: Recipe) -> dict:
-    return {
+    section = {
         "identities": _dump(recipe, "identities"),
         "seed": recipe.seed,
         "family": recipe.generate.family,
         "model": recipe.generate.model,
     }
+    if recipe.identities.probe is not None:  # probes are drawn and judged like samples
+        section["probe_with"] = {
+            "generate": generate_section(recipe)["generate"],
+            "filter": {
+                key: _dump(recipe, "filter")[key]
+                for key in ("embedder", "tau_inter", "min_det_score", "max_faces", "calibration")
+            },
+            "faces": {
+                key: _dump(recipe, "faces")[key] for key in ("detector", "selection", "no_face")
+            },
+        }
+    return section
+
+
+def identities_code(recipe: Recipe) -> tuple[str, ...]:
+    modules = ("facefoundry.generators.identities", family_of(recipe.generate).module)
+    if recipe.identities.probe is not None:
+        modules += ("facefoundry.generators.probe",)
+    return modules
 
 
 def identities_body(run: RunDir, recipe: Recipe) -> dict:
     from facefoundry.generators.identities import write_identities
 
     space = family_of(recipe.generate).load().identity_space(recipe.generate)
+    if recipe.identities.probe is not None:
+        from facefoundry.generators.probe import realise_identities
+
+        funnel = realise_identities(run.identities.parent, recipe, space)
+        return {"identities": funnel["realised"], "probe_funnel": funnel}
     count = write_identities(run.identities, recipe.identities, recipe.seed, space)
     return {"identities": count}
 
@@ -217,7 +241,7 @@ STAGES: tuple[Stage, ...] = (
         "identities",
         (),
         identities_section,
-        lambda r: ("facefoundry.generators.identities", family_of(r.generate).module),
+        identities_code,
         body=identities_body,
     ),
     Stage(

@@ -13,6 +13,23 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class ProbeSettings(BaseModel):
+    """Realised identities (``generators/probe.py``): probe each candidate with a few
+    images and keep those that draw a detectable face separated from the kept ones (the
+    filter's detector, embedder, ``min_det_score`` and ``tau_inter``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: float = Field(3.0, ge=1.0, description="candidate pool = count x this, at most")
+    samples: int = Field(1, ge=1, description="probe images per candidate")
+    condition: Literal["original", "probe"] = Field(
+        "original", description="condition the samples on the drawn vector or the probe's"
+    )
+    min_condition_cos: float | None = Field(
+        None, ge=-1.0, le=1.0, description="probe must follow its condition (filter embedder)"
+    )
+
+
 class IdentitySettings(BaseModel):
     """How many synthetic identities, and how they are drawn."""
 
@@ -21,6 +38,9 @@ class IdentitySettings(BaseModel):
     count: int = Field(100, ge=1)
     method: Literal["uniform", "separated", "two_stage", "fitted"] = "separated"
     tau: float = Field(0.3, gt=-1.0, le=1.0, description="max cosine between identities")
+    probe: ProbeSettings | None = Field(
+        None, description="realise identities with probe images first (None: off)"
+    )
 
 
 class GeneratorSettings(BaseModel):

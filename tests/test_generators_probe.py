@@ -1,0 +1,120 @@
+"""The probe funnel (realised identities): decisions on planted vectors, then the
+identities stage end to end with a tiny model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from facefoundry.generators import probe
+from facefoundry.generators.idiff_face.model import IDiffFaceModel
+from tests.helpers.flows import tiny_recipe
+from tests.helpers.generators import tiny_config
+
+
+def _unit(rows):
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_separated_identities_are_kept_and_a_planted_duplicate_is_dropped():
+    rng = np.random.default_rng(0)
+    distinct = _unit(rng.standard_normal((4, 64)))
+    planted = _unit([distinct[1] + 0.05 * rng.standard_normal(64)])[0]
+    centroids = np.vstack([distinct[:2], planted, distinct[2:], np.full(64, np.nan)])
+    conditions = centroids.copy()
+    conditions[5] = distinct[0]
+    decisions = probe.decide(centroids, conditions, 0.42, want=10)
+    assert decisions.outcome == ["kept", "kept", "duplicate", "kept", "kept", "no_face"]
+    assert decisions.kept_rows == [0, 1, 3, 4]
+    assert decisions.nearest[2] == 1 and decisions.nearest_cos[2] > 0.9
+    assert np.all(decisions.nearest_cos[[1, 3, 4]] < 0.42)
+
+
+def test_rounds_stop_at_the_wanted_count_and_condition_rule_applies():
+    rng = np.random.default_rng(1)
+    vectors = _unit(rng.standard_normal((6, 64)))
+    conditions = vectors.copy()
+    conditions[0] = _unit(rng.standard_normal((1, 64)))[0]  # probe 0 ignores its condition
+    first = probe.decide(vectors[:3], conditions[:3], 0.42, want=3, min_condition_cos=0.5)
+    assert first.outcome == ["off_condition", "kept", "kept"]
+    second = probe.decide(vectors[3:], conditions[3:], 0.42, 3, 0.5, first, offset=3)
+    assert second.outcome[3:] == ["kept", "not_probed", "not_probed"]
+    assert second.kept_rows == [1, 2, 3]
+    assert second.funnel() == {
+        "candidates": 6,
+        "probed": 4,
+        "off_condition": 1,
+        "kept": 3,
+        "not_probed": 2,
+    }
+
+
+def test_probe_centroids_need_a_face_in_every_probe_image():
+    vectors = np.array([[1, 0], [1, 0.2], [0, 1], [np.nan, np.nan]], dtype=np.float32)
+    usable = np.array([True, True, True, False])
+    centroids = probe.probe_centroids(vectors, usable, samples=2)
+    assert np.allclose(np.linalg.norm(centroids[0]), 1.0)
+    assert np.isnan(centroids[1]).all()
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "idiff-face-lfw"
+
+
+def test_a_model_that_draws_no_face_realises_nothing_and_says_so(tmp_path):
+    from facefoundry.flows.config import load_recipe
+    from facefoundry.flows.stages import build
+
+    torch.manual_seed(0)
+    IDiffFaceModel(tiny_config()).save_pretrained(tmp_path / "model")
+    recipe = tiny_recipe(tmp_path, tmp_path / "model", identities={"probe": {"candidates": 2}})
+    with pytest.raises(probe.NoIdentityRealised, match="no candidate identity was realised"):
+        build(load_recipe(recipe), tmp_path / "runs", stop_after="generate")
+    folder = tmp_path / "runs" / "tiny" / "identities"
+    outcomes = pq.read_table(folder / "probes.parquet").column("outcome").to_pylist()
+    assert outcomes == ["no_face"] * 8
+    assert not (folder / "identities.parquet").exists()
+
+
+def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp_path):
+    """The committed default model draws faces: probes are judged like samples."""
+    from facefoundry.flows.config import load_recipe
+    from facefoundry.flows.stages import build
+    from facefoundry.generators.identities import IdentityTable
+
+    recipe = tiny_recipe(
+        tmp_path,
+        DEFAULT_MODEL,
+        identities={
+            "count": 3,
+            "method": "fitted",
+            "tau": 0.3,
+            "probe": {"candidates": 3.0, "condition": "probe"},
+        },
+        generate={"steps": 4, "guidance_scale": 3.0},
+    )
+    build(load_recipe(recipe), tmp_path / "runs", stop_after="generate")
+    folder = tmp_path / "runs" / "tiny" / "identities"
+    funnel = json.loads((folder / "probe_funnel.json").read_text())
+    decisions = pq.read_table(folder / "probes.parquet").to_pylist()
+    kept = [row["candidate"] for row in decisions if row["outcome"] == "kept"]
+    assert funnel["wanted"] == 3 and funnel["realised"] == len(kept) == 3
+    assert funnel["probed"] == sum(row["outcome"] != "not_probed" for row in decisions)
+    for row in decisions:  # a kept probe is separated from the kept identities before it
+        if row["outcome"] == "kept" and row["nearest_kept"] is not None:
+            assert row["nearest_kept_cos"] <= funnel["tau_inter"]
+        if row["outcome"] == "duplicate":
+            assert row["nearest_kept_cos"] > funnel["tau_inter"]
+    table = IdentityTable.load(folder / "identities.parquet")
+    candidates = IdentityTable.load(folder / "candidates.parquet")
+    assert table.ids.tolist() == kept and table.method == "fitted+probe"
+    original = candidates.embeddings[np.searchsorted(candidates.ids, table.ids)]
+    assert np.allclose(np.linalg.norm(table.embeddings, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.sum(table.embeddings * original, axis=1) < 0.99)  # probe centroids
+    generated = set()
+    for part in sorted((folder.parent / "generate").glob("part-*.parquet")):
+        generated |= set(pq.read_table(part).column("identity").to_pylist())
+    assert generated == set(kept)
