@@ -301,6 +301,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ],
         )
     )
+    probes = _json(run.identities.parent / "probe_funnel.json")
+    if isinstance(probes, dict):
+        parts.append(
+            "<h2>Realised identities (probe funnel)</h2><p>Each candidate identity was "
+            "probed before bulk generation and kept only if its probe is a usable face "
+            f"separated from the kept ones (cosine &le; {probes.get('tau_inter', '?')}).</p>"
+            + _table(["step", "candidates"], [[k, v] for k, v in probes.items()])
+        )
     metrics = _json(run.filter_metrics) or {}
     if metrics:
         parts.append("<h2>Filtering</h2>")

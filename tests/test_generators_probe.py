@@ -118,3 +118,7 @@ def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp
     for part in sorted((folder.parent / "generate").glob("part-*.parquet")):
         generated |= set(pq.read_table(part).column("identity").to_pylist())
     assert generated == set(kept)
+    from facefoundry.flows.report import write_report
+
+    report = write_report(folder.parent).read_text()
+    assert "Realised identities (probe funnel)" in report and "<td>realised</td>" in report
