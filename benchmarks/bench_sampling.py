@@ -22,11 +22,14 @@ failure, and when the reference gap is within the tolerance: a collapse would no
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, finish, machine
+from common import REPO, finish, machine, peak_gflops
 
 GAP_TOLERANCE = 0.02  # the fast sampler's gap may be at most this much below DDPM-1000's
 EER_TOLERANCE = 0.01  # ... and its EER at most one point above
@@ -164,8 +167,8 @@ def judge(faces: np.ndarray, identity_of: np.ndarray, judge_spec: str, seed: int
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def ddpm_guard_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="DDPM-1000 guard of the fast sampler")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
     parser.add_argument("--judge", default="dlib")
@@ -174,7 +177,7 @@ def main() -> None:
         "--method", default="fitted", choices=["separated", "fitted"], help="identity sampling"
     )
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from facefoundry.generators.identities import make_identities
@@ -184,8 +187,6 @@ def main() -> None:
     n_ids, per_id, n_ddpm = (20, 4, 8) if args.quick else (100, 8, 16)
     fast = IDiffFacePipeline.from_pretrained(args.model, "dpmsolver++", device="cpu")
     config = fast.model.config
-    from pathlib import Path
-
     from facefoundry.generators.identities import PRIOR_FILE
 
     table = make_identities(
@@ -309,6 +310,202 @@ def _save_grid(images: np.ndarray, per_id: int, path) -> None:
     grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * 112, per_id * 112, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
+
+
+# --- generator quality: the default model and sampling vs the baseline sampling ------------
+BASELINE = "dpmsolver++:25:3"  # 50 UNet evaluations per image
+UNET_GFLOP_PER_EVAL = 0.53  # the default 32 px UNet, one forward (BENCHMARKS.md)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to sample: model folder, scheduler, steps, guidance, guidance interval."""
+
+    name: str
+    model: str
+    scheduler: str
+    steps: int
+    guidance: float
+    interval: tuple[int, int] | None = None
+
+    @classmethod
+    def parse(cls, text: str, default_model: str) -> Variant:
+        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI]"""
+        name, _, spec = text.partition("=")
+        model, _, sampling = spec.rpartition(",")
+        parts = sampling.split(":")
+        interval = tuple(int(v) for v in parts[3].split("-")) if len(parts) > 3 else None
+        return cls(name, model or default_model, parts[0], int(parts[1]), float(parts[2]), interval)
+
+    @property
+    def evaluations(self) -> int:
+        """UNet evaluations per image (guidance doubles the steps it covers)."""
+        if self.guidance == 1.0:
+            return self.steps
+        if self.interval is None:
+            return 2 * self.steps
+        from facefoundry.generators.idiff_face.model import IDiffFaceModel
+        from facefoundry.generators.idiff_face.schedule import make_sampler
+
+        scheduler = make_sampler(IDiffFaceModel.from_pretrained(self.model).config, self.scheduler)
+        scheduler.set_timesteps(self.steps)
+        guided = sum(self.interval[0] <= int(t) <= self.interval[1] for t in scheduler.timesteps)
+        return self.steps + guided
+
+
+def real_faces(people: int, per_person: int, size: int, seed: int = 0):
+    """LFW DevTrain faces (the generator's training people) at the generator's resolution:
+    ``people`` people with >= 4 images, up to ``per_person`` each, 112 px after shrinking."""
+    import cv2
+
+    from facefoundry.evaluation.variety import shrink_to
+    from facefoundry.generators.training_data import FaceTrainingSet
+
+    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
+    labels = np.asarray(data.labels)
+    counts = np.bincount(labels)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(np.flatnonzero(counts >= 4), size=people, replace=False)
+    rows = np.concatenate([np.flatnonzero(labels == p)[:per_person] for p in chosen])
+    faces = np.stack(
+        [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[rows]]
+    )
+    return shrink_to(faces, size), labels[rows]
+
+
+def run_variant(variant: Variant, table, per_id: int, reference: dict | None) -> dict:
+    from facefoundry.evaluation.generator_quality import quality_report
+    from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
+    from facefoundry.generators.seeds import sample_seed
+
+    pipe = IDiffFacePipeline.from_pretrained(variant.model, variant.scheduler, device="cpu")
+    identity_of = np.repeat(table.ids, per_id)
+    seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
+    vectors = table.embeddings[identity_of]
+    pipe(vectors[:8], seeds[:8], steps=2, guidance_scale=variant.guidance)  # warm-up
+    started = time.perf_counter()
+    images = pipe(
+        vectors,
+        seeds,
+        steps=variant.steps,
+        guidance_scale=variant.guidance,
+        guidance_interval=variant.interval,
+    )
+    seconds = time.perf_counter() - started
+    report = quality_report(images, identity_of, vectors, reference)
+    rate = len(images) / seconds
+    report.update(
+        {
+            "variant": variant.name,
+            "model": variant.model,
+            "sampling": f"{variant.scheduler} {variant.steps} steps, CFG {variant.guidance:g}"
+            + (f" over t in {list(variant.interval)}" if variant.interval else ""),
+            "evaluations_per_image": variant.evaluations,
+            "img_per_s": round(rate, 3),
+            "unet_gflops": round(rate * variant.evaluations * UNET_GFLOP_PER_EVAL, 1),
+        }
+    )
+    _save_grid(images, per_id, REPO / "benchmarks" / "results" / f"samples_{variant.name}.png")
+    return report
+
+
+SHOWN = (
+    "face_rate",
+    "condition_cos",
+    "identities_survived",
+    "judge_gap",
+    "judge_eer",
+    "pose_spread_ratio",
+    "illumination_spread_ratio",
+    "pixel_diversity_ratio",
+    "img_per_s",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Generator quality of IDiff-Face models and sampling settings, judged by "
+        "dlib and identity-free variety figures, against real LFW DevTrain faces at 32 px. "
+        "The last variant is the one the last-line keys describe; the baseline "
+        f"({BASELINE}) runs on the first variant's model in the same run.",
+    )
+    parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI] (repeatable)",
+    )
+    parser.add_argument("--identities", type=int, default=100)
+    parser.add_argument("--per-identity", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="20 identities x 4")
+    parser.add_argument("--ddpm-guard", action="store_true", help="the DDPM-1000 guard instead")
+    args, rest = parser.parse_known_args()
+    if args.ddpm_guard:
+        ddpm_guard_main(rest)
+        return
+    torch.set_num_threads(args.threads)
+    from facefoundry.evaluation.generator_quality import quality_report
+    from facefoundry.generators.identities import PRIOR_FILE, make_identities
+
+    n_ids, per_id = (20, 4) if args.quick else (args.identities, args.per_identity)
+    variants = [Variant.parse(text, args.model) for text in args.variant]
+    baseline = Variant.parse(
+        f"baseline={variants[0].model if variants else args.model},{BASELINE}", args.model
+    )
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
+
+    config = IDiffFaceModel.from_pretrained(baseline.model).config
+    # the demo's identities: recipe seed 0, fitted prior, cosine <= 0.3 apart
+    table = make_identities(
+        n_ids, config.id_dim, 0, "fitted", 0.3, prior=Path(baseline.model) / PRIOR_FILE
+    )
+    started = time.perf_counter()
+    faces, labels = real_faces(n_ids, per_id, config.sample_size)
+    real = quality_report(faces, labels)
+    print("real 32 px:", {k: real.get(k) for k in SHOWN}, flush=True)
+    rows = []
+    for variant in [baseline, *variants]:
+        row = run_variant(variant, table, per_id, real)
+        rows.append(row)
+        print(variant.name, {k: row.get(k) for k in SHOWN}, flush=True)
+    chosen, base = rows[-1], rows[0]
+    figures = {
+        "machine": machine(),
+        "torch_threads": args.threads,
+        "identities": n_ids,
+        "per_identity": per_id,
+        "judge": "dlib",
+        "filter": "sface (demo rules: calibrated, tau_inter at FMR 1e-4)",
+        "sgemm_gflops": round(peak_gflops(), 1),
+        **{k: chosen.get(k) for k in SHOWN},
+        "model": chosen["model"],
+        "sampling": chosen["sampling"],
+        "img_per_s_baseline": base["img_per_s"],
+        "speed_over_baseline": round(chosen["img_per_s"] / base["img_per_s"], 2),
+        "unet_gflops": chosen["unet_gflops"],
+        "real_32": {k: real.get(k) for k in SHOWN if k in real},
+        "variants": [
+            {
+                k: r.get(k)
+                for k in (
+                    "variant",
+                    "model",
+                    "sampling",
+                    "evaluations_per_image",
+                    "unet_gflops",
+                    *SHOWN,
+                )
+            }
+            for r in rows
+        ],
+        "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    out = REPO / "benchmarks" / "results" / "bench_sampling.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1, default=float))
+    finish(figures)
 
 
 if __name__ == "__main__":

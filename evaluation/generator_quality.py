@@ -1,0 +1,179 @@
+"""How good is a generator's output as face-recognition training data, before training?
+
+One pass over generated images (N aligned 112 px faces, an identity per image and the
+condition each was drawn for) gives the figures the generator issue is judged on:
+
+- ``face_rate``: YuNet finds a face;
+- ``condition_cos``: the filter embedder's cosine between a face and its own condition
+  (how much of the identity the generator keeps);
+- ``identities_survived``: identities the filter keeps with the demo's rules (the
+  calibrated SFace thresholds: samples, then centroid de-duplication at FMR 1e-4);
+- ``judge_gap`` / ``judge_eer``: genuine-minus-impostor cosine and EER of the judge
+  (dlib: a model the generator never saw) over every pair of detected faces;
+- variety without an identity model (``evaluation.variety``): head-pose and illumination
+  spread inside an identity, as a ratio to real faces at the same resolution.
+
+The images go through the same path as a run: JPEG 95, detect, align, embed
+(``faces.embed_stage.embed_items``), then the filter's own rules (``filters.decide``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FILTER_EMBEDDER = "sface"
+JUDGE_EMBEDDER = "dlib"
+
+
+@dataclass
+class EmbeddedFaces:
+    """Detection + embeddings of N images (NaN rows where no usable face)."""
+
+    identity: np.ndarray
+    status: np.ndarray
+    n_faces: np.ndarray
+    det_score: np.ndarray
+    landmarks: np.ndarray  # N x 5 x 2 in the 112 px image, NaN without a face
+    vectors: dict[str, np.ndarray]
+    checksums: dict[str, str]
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.status == "ok"
+
+
+def embed_generated(
+    images: np.ndarray,
+    identity: np.ndarray,
+    embedders: tuple[str, ...] = (FILTER_EMBEDDER, JUDGE_EMBEDDER),
+    detector: str = "yunet",
+    jpeg_quality: int = 95,
+) -> EmbeddedFaces:
+    """Encode as a run stores them, then detect once and embed with every embedder."""
+    import cv2
+
+    from facefoundry.faces.embed_stage import embed_items, worker_models
+
+    detect, models = worker_models(detector, list(embedders))
+    items = []
+    for row, (image, who) in enumerate(zip(images, identity, strict=True)):
+        ok, data = cv2.imencode(
+            ".jpg", image[..., ::-1], [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality]
+        )
+        if not ok:
+            raise ValueError(f"image {row} could not be encoded")
+        items.append((f"{int(who):07d}_{row:06d}", int(who), data.tobytes()))
+    table = embed_items(items, detect, models)
+    landmarks = np.full((len(items), 5, 2), np.nan, dtype=np.float32)
+    for row, points in enumerate(table.column("landmarks").to_pylist()):
+        if points:
+            landmarks[row] = np.asarray(points, dtype=np.float32).reshape(5, 2)
+    return EmbeddedFaces(
+        identity=np.asarray(identity),
+        status=np.asarray(table.column("status").to_pylist(), dtype=object),
+        n_faces=np.asarray(table.column("n_faces").to_pylist(), dtype=np.int32),
+        det_score=np.nan_to_num(
+            np.asarray(table.column("det_score").to_pylist(), dtype=np.float32)
+        ),
+        landmarks=landmarks,
+        vectors={
+            model.name: np.stack(table.column(f"embedding_{model.name}").to_numpy(False))
+            for model in models
+        },
+        checksums={model.name: model.checksum for model in models},
+    )
+
+
+def identities_survived(faces: EmbeddedFaces, settings=None) -> dict:
+    """Identities (and samples) the filter keeps with ``settings`` (default: the demo's
+    rules, SFace deciding, thresholds from the calibration on real LFW people)."""
+    from facefoundry.filters.decide import apply_filters
+    from facefoundry.filters.samples import SampleTable
+    from facefoundry.filters.settings import FilterSettings
+    from facefoundry.filters.stage import resolve_rules
+
+    settings = settings or FilterSettings(
+        embedder=FILTER_EMBEDDER, judge_embedder=JUDGE_EMBEDDER, min_samples=2
+    )
+    table = SampleTable(
+        keys=np.array([f"{i:07d}" for i in range(len(faces.identity))]),
+        identities=faces.identity,
+        embeddings=faces.vectors,
+        status=faces.status,
+        n_faces=faces.n_faces,
+        det_score=faces.det_score,
+        checksums=faces.checksums,
+    )
+    rules, _ = resolve_rules(settings, table.checksums)
+    result = apply_filters(table, rules)
+    reasons = result.identities.reason
+    return {
+        "identities": int(table.n_groups),
+        "identities_survived": int(sum(r is None for r in reasons)),
+        "identities_duplicate": int(sum(r == "duplicate_identity" for r in reasons)),
+        "samples_kept": int(result.kept.sum()),
+        "tau_inter": rules.tau_inter,
+    }
+
+
+def condition_cos(faces: EmbeddedFaces, conditions: np.ndarray) -> float:
+    """Mean cosine between each detected face's filter embedding and its own condition."""
+    vectors = faces.vectors[FILTER_EMBEDDER]
+    usable = faces.found & np.isfinite(vectors).all(axis=1)
+    target = conditions / np.linalg.norm(conditions, axis=1, keepdims=True)
+    return float(np.mean(np.sum(vectors[usable] * target[usable], axis=1)))
+
+
+def separation(vectors: np.ndarray, identity: np.ndarray) -> dict:
+    """Gap (mean genuine - mean impostor cosine) and EER over every pair of rows."""
+    from facefoundry.evaluation.protocol import equal_error_rate
+
+    first, second = np.triu_indices(len(vectors), k=1)
+    scores = np.sum(vectors[first] * vectors[second], axis=1)
+    same = identity[first] == identity[second]
+    if not same.any() or same.all():
+        return {"gap": float("nan"), "eer": float("nan")}
+    return {
+        "gap": float(scores[same].mean() - scores[~same].mean()),
+        "eer": float(equal_error_rate(scores, same)[0]),
+        "genuine_cos": float(scores[same].mean()),
+        "impostor_cos": float(scores[~same].mean()),
+    }
+
+
+def judge_figures(faces: EmbeddedFaces, judge: str = JUDGE_EMBEDDER) -> dict:
+    """The judge's separation over every pair of detected faces (no filter applied)."""
+    vectors = faces.vectors[judge]
+    usable = faces.found & np.isfinite(vectors).all(axis=1)
+    figures = separation(vectors[usable], faces.identity[usable])
+    return {f"judge_{key}": value for key, value in figures.items()}
+
+
+def quality_report(
+    images: np.ndarray,
+    identity: np.ndarray,
+    conditions: np.ndarray | None = None,
+    reference: dict | None = None,
+    filter_settings=None,
+) -> dict:
+    """Every figure of the module docstring for one set of images; ``reference`` is this
+    function's result on real faces (its ``variety`` entry supplies the spread ratios)."""
+    from facefoundry.evaluation.variety import variety_report
+
+    faces = embed_generated(images, identity)
+    report = {
+        "images": int(len(images)),
+        "face_rate": float(faces.found.mean()),
+        **identities_survived(faces, filter_settings),
+        **judge_figures(faces),
+    }
+    if conditions is not None:
+        report["condition_cos"] = condition_cos(faces, conditions)
+    variety = variety_report(images, identity, faces.landmarks, (reference or {}).get("variety"))
+    report["variety"] = variety
+    for key in ("pose_spread_ratio", "illumination_spread_ratio", "pixel_diversity_ratio"):
+        if key in variety:
+            report[key] = variety[key]
+    return report
