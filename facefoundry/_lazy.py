@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -28,4 +29,21 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted(exports)
 
+    # An export named like its own submodule (shards' ``finalize`` in ``finalize.py``):
+    # importing that submodule by any route sets the package attribute to the module,
+    # after which ``from package import finalize`` would return the module. Such a
+    # package keeps the export instead.
+    shadowed = {name for name, target in exports.items() if target.partition(":")[0] == name}
+    if shadowed:
+        sys.modules[package].__class__ = _keeps_exports(shadowed)
     return __getattr__, __dir__
+
+
+def _keeps_exports(names: set[str]) -> type:
+    class ExportsFirst(types.ModuleType):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in names and isinstance(value, types.ModuleType):
+                return  # the submodule stays reachable in sys.modules
+            super().__setattr__(name, value)
+
+    return ExportsFirst

@@ -72,3 +72,19 @@ def test_makefile_installs_with_the_constraints_and_reinstalls_when_they_change(
     project = [line for line in installs if "-e '.[dev]'" in line or "insightface" in line]
     assert len(project) == 2 and all("-c constraints.txt" in line for line in project)
     assert any("--no-deps" in line and "insightface" in line for line in project)
+
+
+def test_an_export_named_like_its_submodule_stays_the_function_after_that_import():
+    """``finalize`` (function) lives in ``finalize.py``: importing the submodule first (as
+    the shards stage does) must not turn ``from facefoundry.shards import finalize`` into
+    the module (it did: real-data shards then failed with 'module is not callable')."""
+    import subprocess
+    import sys
+
+    code = (
+        "from facefoundry.shards.finalize import finalize as direct\n"
+        "from facefoundry.shards import finalize\n"
+        "assert finalize is direct, finalize\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
