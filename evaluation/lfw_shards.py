@@ -21,8 +21,12 @@ def write_lfw_shards(
     workers: int = 2,
     limit_people: int | None = None,
     progress: bool = True,
+    people: list[tuple[str, int]] | None = None,
 ) -> Path:
-    """Write (or reuse, when dataset.json exists) shards of the listed LFW people."""
+    """Write (or reuse, when dataset.json exists) shards of the listed LFW people.
+
+    ``people``: (name, images) rows to use instead of the whole people file (each
+    person's first ``images`` photos), e.g. from ``match_people``."""
     from facefoundry.evaluation.aligned_pairs import align_lfw_images
     from facefoundry.shards import ShardSample, encode_face_jpeg, finalize, make_key, write_split
 
@@ -30,7 +34,8 @@ def write_lfw_shards(
     if (out_dir / "dataset.json").is_file():
         return out_dir
     lfw = Lfw(lfw_root)
-    people = read_people(lfw.protocol_file(people_file))[:limit_people]
+    if people is None:
+        people = read_people(lfw.protocol_file(people_file))[:limit_people]
     names, identities = people_images(people)
     result = align_lfw_images(lfw, names, "reject", f"align {people_file}", workers, progress)
     samples = []
@@ -65,3 +70,20 @@ def write_lfw_shards(
     write_split(samples, out_dir)
     finalize(out_dir, quality={"source": f"LFW {people_file}"})
     return out_dir
+
+
+def match_people(
+    available: list[tuple[str, int]], per_identity: list[int], min_images: int = 2
+) -> list[tuple[str, int]]:
+    """Real people shaped like a synthetic set: one person per synthetic identity, with
+    as many images as it has where the person has them.
+
+    Synthetic identities are visited from the largest to the smallest; each takes the
+    remaining real person with the most images (at least ``min_images``: a person with one
+    photo gives no genuine pair), and ``min(its count, theirs)`` of their photos. When
+    real people run out, the real set has fewer identities; the caller reports both
+    counts. Deterministic: ties keep the people file's order.
+    """
+    people = sorted((row for row in available if row[1] >= min_images), key=lambda row: -row[1])
+    wanted = sorted((int(count) for count in per_identity if count > 0), reverse=True)
+    return [(name, min(count, want)) for (name, count), want in zip(people, wanted, strict=False)]

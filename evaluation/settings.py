@@ -19,3 +19,14 @@ class EvalSettings(BaseModel):
     bins: list[str] = Field(default_factory=list, description="insightface .bin files (trusted)")
     workers: int = Field(2, ge=1)
     folds: list[int] | None = Field(None, description="only these folds (0-based); quick runs")
+
+
+class CompareSettings(BaseModel):
+    """The equal-scale comparison (``evaluation/compare_real.py``): the same recognizer
+    trained on real LFW DevTrain faces shaped like the kept synthetic set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    real: Literal["auto", "matched", "devtrain"] = Field(
+        "auto", description="matched people, all of DevTrain, or whichever is closer in size"
+    )

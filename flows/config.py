@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from facefoundry.errors import UsageError
-from facefoundry.evaluation.settings import EvalSettings
+from facefoundry.evaluation.settings import CompareSettings, EvalSettings
 from facefoundry.faces.settings import FaceSettings
 from facefoundry.filters.settings import FilterSettings
 from facefoundry.generators.families import DEFAULT_FAMILY, FAMILIES, GenerateSettings
@@ -61,6 +61,9 @@ class Recipe(BaseModel):
     shards: ShardSettings = Field(default_factory=ShardSettings)
     train: FRTrainSettings = Field(default_factory=FRTrainSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    compare: CompareSettings | None = Field(
+        None, description="train the same recognizer on real faces and compare (None: off)"
+    )
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
 
     @field_validator("generate", mode="before")

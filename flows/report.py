@@ -301,6 +301,37 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ],
         )
     )
+    comparison = _json(run.stage("compare") / "comparison.json")
+    if isinstance(comparison, dict):
+        from facefoundry.evaluation.compare_real import curves_plot
+
+        def _acc(side: str, name: str) -> str:
+            figures = (comparison.get(side) or {}).get(name)
+            if not figures:
+                return ""
+            return f"{100 * figures['accuracy']:.1f}% &plusmn; {100 * (figures['std'] or 0):.1f}"
+
+        parts.append(
+            "<h2>Synthetic vs real at equal scale</h2>"
+            f"<p class=verdict>{html.escape(comparison.get('verdict', ''))}</p>"
+            + _table(
+                ["", "synthetic", f"real LFW DevTrain ({comparison.get('real_rule')})"],
+                [
+                    [
+                        "identities",
+                        comparison.get("identities_synthetic"),
+                        comparison.get("identities_real"),
+                    ],
+                    ["images", comparison.get("images_synthetic"), comparison.get("images_real")],
+                    ["LFW DevTest", _acc("synthetic", "devtest"), _acc("real", "devtest")],
+                    ["LFW View 2", _acc("synthetic", "view2"), _acc("real", "view2")],
+                ],
+            )
+        )
+        figure = curves_plot(comparison)
+        parts.append(
+            _img(_png(figure) if figure else None, "LFW DevTest accuracy per epoch, both trainers")
+        )
     probes = _json(run.identities.parent / "probe_funnel.json")
     if isinstance(probes, dict):
         parts.append(

@@ -9,6 +9,7 @@
 | shards     | filter           | shards                              | shards.stage                     |
 | train      | shards           | train (not loader threads)          | recognition.train                |
 | evaluate   | train            | evaluation                          | evaluation.verify                |
+| compare    | evaluate         | compare (+ train, evaluation)       | evaluation.compare_real (opt.)   |
 
 A stage's inputs hash is its section + the digest of the code it runs (the entry
 modules below and every project module they import, docstrings and comments aside;
@@ -226,6 +227,27 @@ def evaluate_body(run: RunDir, recipe: Recipe) -> dict:
     return evaluate_stage(f"onnx:{run.model_onnx}", run.evaluate, recipe.evaluation)
 
 
+# --- compare (optional) -----------------------------------------------------------------------
+def compare_section(recipe: Recipe) -> dict:
+    if recipe.compare is None:
+        return {"compare": None}
+    return {
+        "compare": _dump(recipe, "compare"),
+        **train_section(recipe),
+        "eval": _dump(recipe, "evaluation"),
+    }
+
+
+def compare_body(run: RunDir, recipe: Recipe) -> dict:
+    if recipe.compare is None:
+        return {"skipped_reason": "no compare section in the recipe"}
+    if not run.model_onnx.is_file():
+        return {"skipped_reason": "no synthetic recognizer to compare"}
+    from facefoundry.evaluation.compare_real import compare_with_real
+
+    return compare_with_real(run, recipe)
+
+
 def load_run_recipe(run: RunDir) -> Recipe:
     from facefoundry.flows.config import load_recipe
 
@@ -275,6 +297,13 @@ STAGES: tuple[Stage, ...] = (
         lambda r: _dump(r, "evaluation"),
         _modules("evaluation.verify"),
         evaluate_body,
+    ),
+    Stage(
+        "compare",
+        ("evaluate",),
+        compare_section,
+        _modules("evaluation.compare_real"),
+        compare_body,
     ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

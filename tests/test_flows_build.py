@@ -109,6 +109,33 @@ def test_full_chain_on_real_faces_trains_and_evaluates(tiny_model, tmp_path, lfw
     assert marker["accuracy"]["lfw-devtest"] == round(figures["accuracy"], 4)
     assert abs(figures["accuracy"] * 100 - round(figures["accuracy"] * 100)) < 1e-9
 
+    # the equal-scale comparison: only the compare stage runs, on real people shaped
+    # like the kept synthetic identities, with the same trainer and evaluation
+    compared = load_recipe(tiny_recipe(tmp_path, tiny_model, compare={"real": "matched"}))
+    start_run(compared, tmp_path / "runs")
+    again = {r["stage"]: r["skipped"] for r in build(compared, tmp_path / "runs")}
+    assert [s for s, skipped in again.items() if not skipped] == ["compare"]
+    comparison = json.loads((run_dir / "compare" / "comparison.json").read_text())
+    kept = pq.read_table(run_dir / "filter" / "decisions.parquet").to_pydict()
+    per_identity = {}
+    for identity, is_kept in zip(kept["identity"], kept["kept"], strict=True):
+        per_identity[identity] = per_identity.get(identity, 0) + int(is_kept)
+    wanted = sorted((c for c in per_identity.values() if c), reverse=True)
+    assert comparison["identities_synthetic"] == comparison["identities_real"] == len(wanted)
+    assert comparison["images_synthetic"] == comparison["images_real"] == sum(wanted)
+    assert comparison["real_rule"] == "matched"
+    for side in ("synthetic", "real"):
+        assert 0.0 <= comparison[side]["devtest"]["accuracy"] <= 1.0
+    assert comparison["synthetic_over_real"] == round(
+        comparison["synthetic"]["devtest"]["accuracy"] / comparison["real"]["devtest"]["accuracy"],
+        4,
+    )
+    real_shards = json.loads((run_dir / "compare" / "real" / "shards" / "sizes.json").read_text())
+    assert sum(real_shards.values()) == sum(wanted)
+    from facefoundry.flows.report import write_report
+
+    assert "Synthetic vs real at equal scale" in write_report(run_dir).read_text()
+
 
 def test_killed_build_resumes_without_losing_or_duplicating_samples(tiny_model, tmp_path):
     import signal

@@ -1,0 +1,168 @@
+"""Synthetic vs real at equal scale: the claim a synthetic face dataset has to make.
+
+After a run has trained and evaluated a recognizer on its kept synthetic images, the
+``compare`` stage trains the *same* recognizer (the run's ``train`` section, so the same
+settings, epochs and budget) on real LFW DevTrain faces shaped like the synthetic set,
+and evaluates it with the run's ``evaluation`` section (LFW DevTest: people neither
+the generator nor either recognizer saw; View 2).
+
+Which real faces (``real``):
+- ``matched``: one DevTrain person per kept synthetic identity, with as many photos as
+  that identity has images where the person has them (``lfw_shards.match_people``);
+- ``devtrain``: every DevTrain face (9,525 photos of 4,038 people, most with one photo);
+- ``auto``: whichever of the two has an image count closer to the synthetic set's
+  (matched runs out of people with >= 2 photos at about 6,700 images).
+The output is ``compare/comparison.json`` (both accuracies with fold std, their ratio,
+identity and image counts, the per-epoch validation curves) and the real run's
+``compare/real/{shards,train,evaluate}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+RATIO_VERDICT = 0.90  # issue 15's target: synthetic accuracy >= 90% of real
+
+
+def synthetic_counts(decisions_path: Path) -> dict[int, int]:
+    """Kept images per kept synthetic identity, from the filter's decisions."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(decisions_path, columns=["identity", "kept"]).to_pydict()
+    counts: dict[int, int] = {}
+    for identity, kept in zip(table["identity"], table["kept"], strict=True):
+        if kept:
+            counts[int(identity)] = counts.get(int(identity), 0) + 1
+    return counts
+
+
+def choose_real_people(
+    available: list[tuple[str, int]], per_identity: list[int], mode: str = "auto"
+) -> tuple[list[tuple[str, int]], str]:
+    """(name, photos) rows of the real set and which rule chose them."""
+    from facefoundry.evaluation.lfw_shards import match_people
+
+    matched = match_people(available, per_identity)
+    if mode == "matched":
+        return matched, "matched"
+    if mode == "devtrain":
+        return list(available), "devtrain"
+    want = sum(per_identity)
+    matched_gap = abs(sum(c for _, c in matched) - want)
+    everyone_gap = abs(sum(c for _, c in available) - want)
+    return (matched, "matched") if matched_gap <= everyone_gap else (list(available), "devtrain")
+
+
+def _accuracies(evaluate_dir: Path) -> dict:
+    figures = {}
+    for name in ("devtest", "view2"):
+        path = evaluate_dir / f"lfw-{name}.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            figures[name] = {"accuracy": data["accuracy"], "std": data.get("accuracy_std")}
+    return figures
+
+
+def _curve(history_path: Path) -> list[list[float]]:
+    if not history_path.is_file():
+        return []
+    history = json.loads(history_path.read_text())
+    return [[h["epoch"], h["val_accuracy"]] for h in history if "val_accuracy" in h]
+
+
+def verdict(synthetic: float | None, real: float | None) -> str:
+    """One plain sentence for the report."""
+    if synthetic is None or real is None:
+        return "No comparison: one of the two recognizers was not evaluated."
+    ratio = synthetic / real if real else float("nan")
+    if ratio >= 1.0:
+        return (
+            f"The synthetic set trains a recognizer as well as real faces at this size "
+            f"({100 * synthetic:.1f}% vs {100 * real:.1f}% on LFW DevTest)."
+        )
+    if ratio >= RATIO_VERDICT:
+        return (
+            f"The synthetic set nearly replaces real faces at this size: "
+            f"{100 * synthetic:.1f}% vs {100 * real:.1f}% on LFW DevTest "
+            f"({100 * ratio:.0f}% of real)."
+        )
+    return (
+        f"The synthetic set does not yet replace real faces at this size: "
+        f"{100 * synthetic:.1f}% vs {100 * real:.1f}% on LFW DevTest ({100 * ratio:.0f}% of "
+        f"real, target {100 * RATIO_VERDICT:.0f}%)."
+    )
+
+
+def compare_with_real(run, recipe) -> dict:
+    """The compare stage body: train + evaluate the real twin of the run, write the
+    comparison."""
+    from facefoundry.atomic import write_json_atomic
+    from facefoundry.evaluation.lfw import Lfw, read_people
+    from facefoundry.evaluation.lfw_shards import write_lfw_shards
+    from facefoundry.evaluation.verify import evaluate_stage
+    from facefoundry.recognition.train import train_recognizer
+
+    settings = recipe.compare
+    out = run.stage("compare")
+    counts = synthetic_counts(run.filter_decisions)
+    per_identity = sorted(counts.values(), reverse=True)
+    lfw = Lfw(recipe.evaluation.lfw)
+    available = read_people(lfw.protocol_file("peopleDevTrain.txt"))
+    people, rule = choose_real_people(available, per_identity, settings.real)
+    real = out / "real"
+    shards = write_lfw_shards(real / "shards", recipe.evaluation.lfw, people=people, progress=False)
+    train_recognizer(shards, real / "train", recipe.train, recipe.evaluation.lfw, progress=False)
+    (real / "evaluate").mkdir(parents=True, exist_ok=True)
+    evaluate_stage(f"onnx:{real / 'train' / 'model.onnx'}", real / "evaluate", recipe.evaluation)
+    synthetic_acc, real_acc = _accuracies(run.evaluate), _accuracies(real / "evaluate")
+    syn = synthetic_acc.get("devtest", {}).get("accuracy")
+    ref = real_acc.get("devtest", {}).get("accuracy")
+    identities = json.loads(run.marker("identities").read_text()).get("identities")
+    comparison = {
+        "real_rule": rule,
+        "images_synthetic": int(sum(per_identity)),
+        "identities_synthetic": len(per_identity),
+        "images_real": int(sum(c for _, c in people)),
+        "identities_real": len(people),
+        "identities_requested": identities,
+        "synthetic": synthetic_acc,
+        "real": real_acc,
+        "synthetic_over_real": round(syn / ref, 4) if syn is not None and ref else None,
+        "curves": {
+            "synthetic": _curve(run.train / "history.json"),
+            "real": _curve(real / "train" / "history.json"),
+        },
+        "verdict": verdict(syn, ref),
+    }
+    write_json_atomic(out / "comparison.json", comparison)
+    logger.info("%s", comparison["verdict"])
+    return {k: v for k, v in comparison.items() if k != "curves"}
+
+
+def curves_plot(comparison: dict):
+    """Validation accuracy per epoch, real vs synthetic (a matplotlib figure or None)."""
+    curves = comparison.get("curves") or {}
+    if not any(curves.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.2))
+    for label, points in curves.items():
+        if points:
+            points = np.asarray(points, dtype=float)
+            axis.plot(points[:, 0], 100 * points[:, 1], marker="o", label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("LFW DevTest accuracy (%)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
