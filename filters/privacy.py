@@ -14,12 +14,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facefoundry.filters.groups import centroids, valid_rows
 from facefoundry.filters.neighbours import nearest_in
 from facefoundry.filters.samples import embedder_name, read_samples
+
+if TYPE_CHECKING:
+    from facefoundry.evaluation.leakage import LeakReference
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,21 @@ def load_reference(path: str | Path, embedder: str, against: str = "centroids") 
     )
     logger.info("reference set %s: %d %s of %s", path, len(reference), against, name)
     return reference
+
+
+def reference_from_leak_reference(ref: LeakReference) -> ReferenceSet:
+    """The generator's training people (``evaluation.leakage``) as a privacy reference set.
+
+    Use ``ref.threshold`` as ``tau``: it is calibrated on real people the generator
+    never saw, where a fixed pair threshold flags most strangers (nearest of thousands).
+    """
+    return ReferenceSet(
+        np.asarray(ref.centroids, dtype=np.float32),
+        np.asarray(ref.names).astype(str),
+        ref.embedder,
+        ref.checksum,
+        "centroids",
+    )
 
 
 @dataclass
