@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from common import REPO, finish, machine, peak_gflops
 
+from facefoundry.evaluation.generator_quality import separation
+
 GAP_TOLERANCE = 0.02  # the fast sampler's gap may be at most this much below DDPM-1000's
 EER_TOLERANCE = 0.01  # ... and its EER at most one point above
 
@@ -40,19 +42,6 @@ def all_pairs(vectors: np.ndarray, identity_of: np.ndarray) -> tuple[np.ndarray,
     first, second = np.triu_indices(len(vectors), k=1)
     scores = np.sum(vectors[first] * vectors[second], axis=1)
     return scores, identity_of[first] == identity_of[second]
-
-
-def separation(vectors: np.ndarray, identity_of: np.ndarray) -> dict:
-    """Gap (mean genuine - mean impostor cosine) and EER over all pairs of these images."""
-    from facefoundry.evaluation.protocol import equal_error_rate
-
-    scores, same = all_pairs(vectors, identity_of)
-    return {
-        "gap": float(scores[same].mean() - scores[~same].mean()),
-        "eer": float(equal_error_rate(scores, same)[0]),
-        "genuine_pairs": int(same.sum()),
-        "impostor_pairs": int((~same).sum()),
-    }
 
 
 def _gap(vectors: np.ndarray, identity_of: np.ndarray) -> float:

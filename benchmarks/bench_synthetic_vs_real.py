@@ -26,19 +26,15 @@ def kept_centroids(run: Path, embedder: str) -> np.ndarray:
     """Unit centroid per kept identity of the run, from its embed parts."""
     import pyarrow.parquet as pq
 
+    from facefoundry.evaluation.leakage import person_centroids
     from facefoundry.filters.samples import read_samples
 
     table = read_samples(run / "embed", [embedder], run / "generate")
     decisions = pq.read_table(run / "filter" / "decisions.parquet").to_pydict()
     kept = dict(zip(decisions["key"], decisions["kept"], strict=True))
-    vectors = table.vectors(embedder)
     rows = np.array([bool(kept.get(k)) for k in table.keys])
-    identities = table.identities[rows]
-    centroids = []
-    for identity in np.unique(identities):
-        mean = vectors[rows][identities == identity].mean(axis=0)
-        centroids.append(mean / np.linalg.norm(mean))
-    return np.asarray(centroids, dtype=np.float32)
+    _, centroids = person_centroids(table.vectors(embedder)[rows], table.identities[rows])
+    return centroids
 
 
 def leak_figures(run: Path, embedders: tuple[str, ...]) -> dict:

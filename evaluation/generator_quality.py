@@ -140,6 +140,8 @@ def separation(vectors: np.ndarray, identity: np.ndarray) -> dict:
         "eer": float(equal_error_rate(scores, same)[0]),
         "genuine_cos": float(scores[same].mean()),
         "impostor_cos": float(scores[~same].mean()),
+        "genuine_pairs": int(same.sum()),
+        "impostor_pairs": int((~same).sum()),
     }
 
 
@@ -148,7 +150,7 @@ def judge_figures(faces: EmbeddedFaces, judge: str = JUDGE_EMBEDDER) -> dict:
     vectors = faces.vectors[judge]
     usable = faces.found & np.isfinite(vectors).all(axis=1)
     figures = separation(vectors[usable], faces.identity[usable])
-    return {f"judge_{key}": value for key, value in figures.items()}
+    return {f"judge_{key}": value for key, value in figures.items() if "pairs" not in key}
 
 
 def quality_report(
