@@ -64,8 +64,11 @@ def _dump(recipe: Recipe, section: str) -> dict:
 
 # --- identities -----------------------------------------------------------------------------
 def identities_section(recipe: Recipe) -> dict:
+    identities = _dump(recipe, "identities")
+    if identities.get("spread") == 1.0:  # the default: runs made before it existed stay valid
+        del identities["spread"]
     section = {
-        "identities": _dump(recipe, "identities"),
+        "identities": identities,
         "seed": recipe.seed,
         "family": recipe.generate.family,
         "model": recipe.generate.model,

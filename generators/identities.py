@@ -121,15 +121,30 @@ def load_identity_prior(path: str | Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
-def sample_fitted(n: int, dim: int, seed: int, prior_path: str | Path, tau: float = 0.3):
-    """n separated unit vectors drawn from the fitted Gaussian prior."""
+def sample_fitted(
+    n: int,
+    dim: int,
+    seed: int,
+    prior_path: str | Path,
+    tau: float = 0.3,
+    spread: float = 1.0,
+):
+    """n separated unit vectors drawn from the fitted Gaussian prior.
+
+    ``spread`` scales the draws' deviations from the prior mean (1 = the training
+    people's own spread). Every training embedding shares the mean direction, so a
+    generator that follows only part of its condition keeps mostly that shared part;
+    a spread above 1 gives each identity more of its own direction."""
+    if spread <= 0:
+        raise ValueError(f"spread must be positive, got {spread}")
     prior = load_identity_prior(prior_path)
     if prior["mean"].shape[0] != dim:
         raise ValueError(f"{prior_path} is {prior['mean'].shape[0]}-d, identities are {dim}-d")
 
     def draw(rng: np.random.Generator, count: int) -> np.ndarray:
         return (
-            prior["mean"] + rng.standard_normal((count, dim)).astype(np.float32) @ prior["factor"].T
+            prior["mean"]
+            + spread * rng.standard_normal((count, dim)).astype(np.float32) @ prior["factor"].T
         )
 
     return sample_separated(n, dim, seed, tau, draw=draw)
@@ -208,6 +223,7 @@ def make_identities(
     tau: float = 0.3,
     embedder: str = "",
     prior: str | Path | None = None,
+    spread: float = 1.0,
     **two_stage,
 ) -> IdentityTable:
     """Build an identity table by ``method``; identity i's seed is seed * 1_000_003 + i."""
@@ -220,7 +236,7 @@ def make_identities(
     elif method == "fitted":
         if prior is None:
             raise ValueError("the 'fitted' identity method needs the generator's prior file")
-        embeddings = sample_fitted(n, dim, seed, prior, tau)
+        embeddings = sample_fitted(n, dim, seed, prior, tau, spread)
     else:
         raise ValueError(f"unknown identity method {method!r}; use one of {METHODS}")
     ids = np.arange(n, dtype=np.int64)
@@ -239,6 +255,7 @@ def write_identities(path: str | Path, settings, seed: int, space) -> int:
         settings.tau,
         embedder=space.embedder,
         prior=prior,
+        spread=settings.spread,
     )
     table.save(path)
     return len(table)

@@ -150,7 +150,14 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     pool = max(settings.count, math.ceil(settings.count * probe.candidates))
     prior = space.prior if space.prior is not None and Path(space.prior).is_file() else None
     candidates = make_identities(
-        pool, space.dim, recipe.seed, settings.method, settings.tau, space.embedder, prior
+        pool,
+        space.dim,
+        recipe.seed,
+        settings.method,
+        settings.tau,
+        space.embedder,
+        prior,
+        spread=settings.spread,
     )
     candidates_path = candidates.save(folder / "candidates.parquet")
     embedder = recipe.filter.embedder

@@ -38,6 +38,12 @@ class IdentitySettings(BaseModel):
     count: int = Field(100, ge=1)
     method: Literal["uniform", "separated", "two_stage", "fitted"] = "separated"
     tau: float = Field(0.3, gt=-1.0, le=1.0, description="max cosine between identities")
+    spread: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="fitted only: scale of the draws' deviations from the prior mean",
+    )
     probe: ProbeSettings | None = Field(
         None, description="realise identities with probe images first (None: off)"
     )

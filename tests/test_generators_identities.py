@@ -73,3 +73,11 @@ def test_fitted_identities_follow_the_prior_and_the_separation_bound(tmp_path):
     assert np.array_equal(again.embeddings, fitted.embeddings)
     with pytest.raises(FileNotFoundError, match="identity prior"):
         make_identities(4, 16, seed=0, method="fitted", prior=tmp_path / "missing.safetensors")
+    # a wider spread moves the draws off the shared mean direction, and further apart
+    wide = make_identities(40, 16, seed=3, method="fitted", tau=0.9, prior=prior, spread=2.0)
+    assert wide.embeddings[:, 0].mean() < fitted.embeddings[:, 0].mean()
+    wide_sims = wide.embeddings @ wide.embeddings.T
+    off = ~np.eye(40, dtype=bool)
+    assert wide_sims[off].mean() < sims[off].mean()
+    with pytest.raises(ValueError, match="spread"):
+        make_identities(4, 16, seed=0, method="fitted", prior=prior, spread=0.0)

@@ -27,6 +27,7 @@ def cmd_identities(args: argparse.Namespace) -> int:
         args.tau,
         embedder=args.embedder,
         prior=Path(args.model) / PRIOR_FILE,
+        spread=args.spread,
     )
     path = table.save(args.out)
     print(json.dumps({"identities": len(table), "method": table.method, "out": str(path)}))
@@ -54,6 +55,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     identities.add_argument(
         "--tau", type=float, default=0.3, help="largest cosine between two identities"
+    )
+    identities.add_argument(
+        "--spread",
+        type=float,
+        default=1.0,
+        help="fitted: scale of the draws' deviations from the prior mean (1 = training spread)",
     )
     identities.add_argument("--seed", type=int, default=0)
     identities.add_argument("--embedder", default="sface", help="space the vectors live in")
