@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from facefoundry.generators.idiff_face.model import (
     IDiffFaceModel,
@@ -290,6 +291,60 @@ def test_identity_term_decreases_with_training_and_logs(tmp_path):
         assert trainer.model.conditioner.to_context.weight.grad.abs().sum() > 0
         optimizer.step()
     assert identity_term() < trained
+
+
+def test_contrast_term_is_infonce_against_other_people_with_the_same_person_masked():
+    from facefoundry.generators.idiff_face.identity_loss import embed_predicted, identity_terms
+
+    torch.manual_seed(0)
+    recognizer = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 112 * 112, 128))
+    x0 = torch.rand(3, 3, 8, 8) * 2 - 1
+    condition = F.normalize(torch.randn(3, 128), dim=1)
+    others = F.normalize(torch.randn(5, 128), dim=1)
+    weights = torch.tensor([1.0, 0.5, 0.0])  # the last row does not count
+    with torch.no_grad():
+        terms = identity_terms(x0, condition, recognizer, weights, others, scale=10.0)
+        embedded = embed_predicted(x0[:2], recognizer)
+    logits = 10.0 * torch.cat(
+        [(embedded * condition[:2]).sum(1, keepdim=True), embedded @ others.T], 1
+    )
+    per_row = -torch.log_softmax(logits, dim=1)[:, 0]
+    assert torch.allclose(terms["contrast"], (weights[:2] * per_row).sum() / 3, atol=1e-5)
+    assert torch.allclose(
+        terms["identity"], (weights[:2] * (1 - (embedded * condition[:2]).sum(1))).sum() / 3
+    )
+    # row 0's own person among the negatives (its centroid) is not a negative for row 0
+    with_own = torch.cat([others, condition[:1]])
+    first = torch.tensor([1.0, 0.0, 0.0])
+    with torch.no_grad():
+        masked = identity_terms(x0, condition, recognizer, first, with_own, scale=10.0)
+    assert torch.allclose(masked["contrast"], per_row[0] / 3, atol=1e-5)
+
+
+def test_contrast_term_trains_and_logs_without_the_cosine_term(tmp_path):
+    trainer = _identity_trainer(
+        tmp_path, 0.0, identity_contrast_weight=0.5, identity_contrast_scale=8.0, log_every=5
+    )
+    assert trainer.recognizer is not None and trainer.negatives.shape == (4, 128)
+    batch = _fixed_low_noise_batch(trainer)
+    trainer.model.eval()
+    with torch.no_grad():
+        terms = trainer.terms(*batch)
+    before = float(terms["contrast"])
+    assert before > 0
+    assert torch.allclose(terms["loss"], terms["denoise"] + 0.5 * terms["contrast"])
+    trainer.fit(progress=False)
+    assert np.isfinite(trainer.history[-1]["contrast"])
+    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
+    for _ in range(5):  # the contrast term alone moves the model
+        trainer.model.train()
+        term = trainer.terms(*batch)["contrast"]
+        optimizer.zero_grad()
+        term.backward()
+        optimizer.step()
+    trainer.model.eval()
+    with torch.no_grad():
+        assert float(trainer.terms(*batch)["contrast"]) < before
 
 
 def test_identity_term_decodes_latent_models_through_the_vae(tmp_path):

@@ -78,6 +78,8 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         warmup_steps=args.warmup_steps,
         identity_weight=args.identity_weight,
+        identity_contrast_weight=args.identity_contrast_weight,
+        identity_contrast_scale=args.identity_contrast_scale,
         identity_max_t=args.identity_max_t,
         identity_max_rows=args.identity_max_rows,
         batch_sampling=args.batch_sampling,
@@ -250,6 +252,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=0.0,
         help="weight of the identity term: 1 - cos(SFace(predicted x0), condition) at low "
         "noise (0 = off; needs an SFace-conditioned model)",
+    )
+    train.add_argument(
+        "--identity-contrast-weight",
+        type=float,
+        default=0.0,
+        help="weight of the contrast term: InfoNCE of SFace(predicted x0) against its own "
+        "condition vs every other training person's centroid (0 = off)",
+    )
+    train.add_argument(
+        "--identity-contrast-scale",
+        type=float,
+        default=16.0,
+        help="contrast logits = scale x cosine (default 16)",
     )
     train.add_argument(
         "--identity-max-t",

@@ -58,6 +58,30 @@ def check_identity_conditioning(embedder: str, id_dim: int) -> None:
         )
 
 
+def _check_inputs(x0_pred: torch.Tensor, condition: torch.Tensor) -> None:
+    if x0_pred.dim() != 4 or x0_pred.shape[1] != 3:
+        raise ValueError(
+            f"identity loss needs N x 3 x H x W pixel images, got {tuple(x0_pred.shape)}"
+            " (a latent model must decode x0 through its VAE first)"
+        )
+    if condition.shape != (len(x0_pred), EMBEDDING_DIM):
+        raise ValueError(
+            f"identity loss needs N x {EMBEDDING_DIM} SFace condition vectors, got "
+            f"{tuple(condition.shape)} for {len(x0_pred)} images"
+        )
+
+
+def embed_predicted(images: torch.Tensor, recognizer: torch.nn.Module) -> torch.Tensor:
+    """Unit SFace embeddings of predicted x0 images in [-1, 1] (any size: upsampled
+    bilinearly to 112 px first); differentiable with respect to ``images``."""
+    images = images.float()
+    if images.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        images = F.interpolate(
+            images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False
+        )
+    return normalise(recognizer(preprocess_tensor((images + 1.0) * 127.5)).float())
+
+
 def identity_loss(
     x0_pred: torch.Tensor,
     condition: torch.Tensor,
@@ -72,30 +96,50 @@ def identity_loss(
     recognizer; when all are 0 it is not called at all and the result is a zero.
     Differentiable with respect to ``x0_pred``.
     """
-    if x0_pred.dim() != 4 or x0_pred.shape[1] != 3:
-        raise ValueError(
-            f"identity loss needs N x 3 x H x W pixel images, got {tuple(x0_pred.shape)}"
-            " (a latent model must decode x0 through its VAE first)"
-        )
-    if condition.shape != (len(x0_pred), EMBEDDING_DIM):
-        raise ValueError(
-            f"identity loss needs N x {EMBEDDING_DIM} SFace condition vectors, got "
-            f"{tuple(condition.shape)} for {len(x0_pred)} images"
-        )
+    return identity_terms(x0_pred, condition, recognizer, weights)["identity"]
+
+
+def identity_terms(
+    x0_pred: torch.Tensor,
+    condition: torch.Tensor,
+    recognizer: torch.nn.Module,
+    weights: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    scale: float = 16.0,
+) -> dict[str, torch.Tensor]:
+    """``identity`` (see ``identity_loss``) and, given ``negatives``, ``contrast``: the
+    weighted batch mean of an InfoNCE loss that asks each predicted face to be closer to
+    its own condition than to any of the ``negatives`` (M x 128 unit vectors of other
+    people), logits = ``scale`` x cosine.
+
+    Why: the cosine term pulls a face toward its condition, but what removes synthetic
+    identities is that different conditions draw the same face (de-duplication). The
+    contrast term pays for the part of the face that tells this condition from others,
+    the shared "average face" earns nothing. Negatives too close to a row's own
+    condition (cosine > 0.5, e.g. the same person's centroid) are masked for that row.
+    One recognizer pass serves both terms.
+    """
+    _check_inputs(x0_pred, condition)
     weights = weights.to(x0_pred.device).float()
     active = weights > 0
+    zero = x0_pred.new_zeros((), dtype=torch.float32)
     if not bool(active.any()):
-        return x0_pred.new_zeros((), dtype=torch.float32)
-    images = x0_pred[active].float()
-    if images.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-        images = F.interpolate(
-            images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False
-        )
-    images = preprocess_tensor((images + 1.0) * 127.5)
-    embedded = normalise(recognizer(images).float())
+        return {"identity": zero, "contrast": zero}
+    embedded = embed_predicted(x0_pred[active], recognizer)
     target = normalise(condition[active].to(embedded.device).float())
-    distance = 1.0 - (embedded * target).sum(dim=1)
-    return (weights[active] * distance).sum() / len(x0_pred)
+    positive = (embedded * target).sum(dim=1)
+    terms = {"identity": (weights[active] * (1.0 - positive)).sum() / len(x0_pred)}
+    if negatives is None:
+        terms["contrast"] = zero
+        return terms
+    negatives = normalise(negatives.to(embedded.device).float())
+    negative_logits = embedded @ negatives.T
+    same_person = (target @ negatives.T) > 0.5
+    negative_logits = negative_logits.masked_fill(same_person, float("-inf"))
+    logits = scale * torch.cat([positive[:, None], negative_logits], dim=1)
+    per_row = torch.logsumexp(logits, dim=1) - logits[:, 0]
+    terms["contrast"] = (weights[active] * per_row).sum() / len(x0_pred)
+    return terms
 
 
 def load_identity_recognizer(device: torch.device | str | None = None) -> torch.nn.Module:

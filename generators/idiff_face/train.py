@@ -59,6 +59,12 @@ class TrainSettings(BaseModel):
     # for t <= identity_max_t * T and 0 above (ID-Booth's (1 - t/T)^2 weighting, limited
     # to t <= 0.6 T as in WithAnyone). 0 (the default) leaves training unchanged.
     identity_weight: float = Field(0.0, ge=0.0)
+    # contrast term (identity_loss.identity_terms): InfoNCE of SFace(predicted x0) against
+    # its own condition vs every other training person's centroid, logits = scale x cos,
+    # same w(t) and rows. It pays for what tells identities apart (de-duplication
+    # removes conditions that draw the same face), not for the shared average face.
+    identity_contrast_weight: float = Field(0.0, ge=0.0)
+    identity_contrast_scale: float = Field(16.0, gt=0.0)
     identity_max_t: float = Field(0.6, gt=0.0, le=1.0, description="fraction of T")
     # the recognizer's forward + backward dominates a CPU step (3.9 s vs 0.8 s at batch
     # 32): at most this many weighted rows (the first in the random batch order) go
@@ -123,6 +129,15 @@ def _lr_lambda(settings: TrainSettings):
     return factor
 
 
+def person_centroids(embeddings: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """Unit mean embedding of each training person: the contrast term's negatives."""
+    index = torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64))
+    sums = torch.zeros(int(index.max()) + 1, embeddings.shape[1]).index_add_(
+        0, index, embeddings.float()
+    )
+    return F.normalize(sums, dim=1)
+
+
 class Trainer:
     """Holds the model, EMA, optimizer and data; ``train_step`` is one seeded step."""
 
@@ -154,7 +169,8 @@ class Trainer:
         self.samples = self._prepare_samples(data, vae)
         self.vae = None
         self.recognizer = None
-        if settings.identity_weight > 0:
+        self.negatives = None
+        if self.uses_recognizer:
             id_loss.check_identity_conditioning(
                 model.config.conditioning_embedder, model.config.id_dim
             )
@@ -162,7 +178,10 @@ class Trainer:
                 self.vae = vae.eval().requires_grad_(False).to(self.accelerator.device)
             self.recognizer = id_loss.load_identity_recognizer(self.accelerator.device)
         self.last_identity: float | None = None
+        self.last_contrast: float | None = None
         self.embeddings = torch.from_numpy(np.ascontiguousarray(data.embeddings))
+        if settings.identity_contrast_weight > 0:
+            self.negatives = person_centroids(self.embeddings, np.asarray(data.labels))
         self.person_rows = _PersonRows(np.asarray(data.labels))
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -172,6 +191,10 @@ class Trainer:
         self.lr_factor = _lr_lambda(settings)
         self.step = 0
         self.history: list[dict] = []
+
+    @property
+    def uses_recognizer(self) -> bool:
+        return self.settings.identity_weight > 0 or self.settings.identity_contrast_weight > 0
 
     def _prepare_samples(self, data: FaceTrainingSet, vae) -> torch.Tensor:
         """Faces as model inputs: [-1, 1] pixels at sample_size, or VAE latents."""
@@ -251,20 +274,31 @@ class Trainer:
         per_sample = F.mse_loss(predicted.float(), target.float(), reduction="none").mean((1, 2, 3))
         weights = min_snr_weights(self.noise, timesteps, self.settings.min_snr_gamma).to(device)
         denoise = (per_sample * weights).mean()
-        if self.settings.identity_weight <= 0:
-            return {"loss": denoise, "denoise": denoise, "identity": None}
-        term = self.identity_term(noisy, predicted, identity, timesteps, drop)
+        if not self.uses_recognizer:
+            return {"loss": denoise, "denoise": denoise, "identity": None, "contrast": None}
+        terms = self.identity_terms(noisy, predicted, identity, timesteps, drop)
+        loss = denoise + self.settings.identity_weight * terms["identity"]
+        if self.negatives is not None:
+            loss = loss + self.settings.identity_contrast_weight * terms["contrast"]
         return {
-            "loss": denoise + self.settings.identity_weight * term,
+            "loss": loss,
             "denoise": denoise,
-            "identity": term,
+            "identity": terms["identity"],
+            "contrast": terms["contrast"] if self.negatives is not None else None,
         }
 
     def identity_term(self, noisy, predicted, identity, timesteps, drop) -> torch.Tensor:
-        """The weighted identity term (``identity_loss``) of the x0 the output implies;
-        rows trained unconditionally (``drop``) get weight 0."""
+        """The weighted identity term (``identity_loss``) of the x0 the output implies."""
+        return self.identity_terms(noisy, predicted, identity, timesteps, drop)["identity"]
+
+    def identity_terms(self, noisy, predicted, identity, timesteps, drop) -> dict:
+        """The weighted identity and contrast terms (``identity_loss.identity_terms``) of
+        the x0 the output implies; rows trained unconditionally (``drop``) get weight 0."""
         if self.recognizer is None:
-            raise ValueError("the identity term needs TrainSettings.identity_weight > 0")
+            raise ValueError(
+                "the identity terms need TrainSettings.identity_weight or "
+                "identity_contrast_weight > 0"
+            )
         weights = id_loss.identity_weights(
             timesteps, self.config.num_train_timesteps, self.settings.identity_max_t
         ).to(timesteps.device)
@@ -276,20 +310,26 @@ class Trainer:
             keep = torch.cumsum((weights > 0).long(), 0) <= limit
             weights = torch.where(keep, weights, torch.zeros_like(weights))
             rescale = active_rows / limit
+        zero = predicted.new_zeros((), dtype=torch.float32)
         if not bool((weights > 0).any()):
-            return predicted.new_zeros((), dtype=torch.float32)
+            return {"identity": zero, "contrast": zero}
         x0 = predicted_x0(
             self.noise.alphas_cumprod, noisy, predicted, timesteps, self.config.prediction_type
         )
+        options = {"negatives": self.negatives, "scale": self.settings.identity_contrast_scale}
         if self.config.latent:
             if self.vae is None:
                 raise ValueError("identity loss needs a pixel-space model or the model's VAE")
             active = weights > 0  # decode only the rows that count; same batch mean
             scale = getattr(self.vae.config, "scaling_factor", 1.0)
             images = self.vae.decode(x0[active] / scale).sample.float()
-            term = id_loss.identity_loss(images, identity[active], self.recognizer, weights[active])
-            return term * (int(active.sum()) / len(x0)) * rescale
-        return id_loss.identity_loss(x0, identity, self.recognizer, weights) * rescale
+            terms = id_loss.identity_terms(
+                images, identity[active], self.recognizer, weights[active], **options
+            )
+            rescale *= int(active.sum()) / len(x0)
+        else:
+            terms = id_loss.identity_terms(x0, identity, self.recognizer, weights, **options)
+        return {name: value * rescale for name, value in terms.items()}
 
     def train_step(self) -> float:
         self.model.train()
@@ -299,6 +339,8 @@ class Trainer:
         loss = terms["loss"]
         if terms["identity"] is not None:
             self.last_identity = float(terms["identity"].detach())
+        if terms.get("contrast") is not None:
+            self.last_contrast = float(terms["contrast"].detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -355,11 +397,13 @@ class Trainer:
             unit="step",
             disable=not progress,
         )
-        running, running_identity = [], []
+        running, running_identity, running_contrast = [], [], []
         while self.step < self.settings.steps:
             running.append(self.train_step())
             if self.last_identity is not None:
                 running_identity.append(self.last_identity)
+            if self.last_contrast is not None:
+                running_contrast.append(self.last_contrast)
             bar.update(1)
             if self.step % self.settings.log_every == 0:
                 entry = {
@@ -370,9 +414,11 @@ class Trainer:
                 }
                 if running_identity:  # the unweighted-by-identity_weight identity term
                     entry["identity"] = float(np.mean(running_identity))
+                if running_contrast:
+                    entry["contrast"] = float(np.mean(running_contrast))
                 self.history.append(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                running, running_identity = [], []
+                running, running_identity, running_contrast = [], [], []
             if self.step % self.settings.checkpoint_every == 0:
                 self.save_checkpoint()
             if max_seconds and time.perf_counter() - started > max_seconds:
