@@ -53,6 +53,7 @@ _EXPORTS = {
     "load_reference": "privacy",
     "privacy_check": "privacy",
     "reference_from_arrays": "privacy",
+    "training_reference": "privacy",
     "face_reasons": "sample_rules",
     "quantile_trim": "sample_rules",
     "SampleTable": "samples",

@@ -7,6 +7,12 @@ reference identity exceeds ``tau`` (DCFace: cos > 0.3 to any training subject,
 scored with a model other than the conditioning one). Against ``centroids`` (one
 unit mean per real identity, the default) or against every reference ``samples``
 row (stricter: also catches a copy of a single real image).
+
+Default reference (``training_reference``): when the generator's model folder records
+its training set (``generators.training_record``: LFW people), those people's
+centroids, compared at the threshold calibrated on unseen real people
+(``evaluation.leakage``), not at a pair FMR: the nearest of thousands of training people
+is close to a stranger by chance, and the calibrated cosine allows for that.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from facefoundry.filters.samples import embedder_name, read_samples
 
 if TYPE_CHECKING:
     from facefoundry.evaluation.leakage import LeakReference
+    from facefoundry.evaluation.lfw import Lfw
+    from facefoundry.generators.training_record import TrainingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +101,63 @@ def reference_from_leak_reference(ref: LeakReference) -> ReferenceSet:
         ref.checksum,
         "centroids",
     )
+
+
+@dataclass
+class TrainingReference:
+    """A generator's training people as its privacy reference, with the calibrated ``tau``."""
+
+    reference: ReferenceSet
+    leak: LeakReference
+    record: TrainingRecord
+    model: str
+
+    @property
+    def tau(self) -> float:
+        return self.leak.threshold
+
+    def note(self) -> str:
+        """One line for the report: who the reference is and where tau comes from."""
+        return (
+            f"{len(self.reference)} training people of {self.model} ({self.leak.train_people}), "
+            f"calibrated tau {self.tau:.4f} = {100 * self.leak.quantile:g}th percentile of "
+            f"the nearest-training-person cosine of {len(self.leak.unseen_names)} unseen "
+            f"{self.leak.unseen_people} people"
+        )
+
+
+def training_reference(
+    model_dir: str | Path | None,
+    embedder: str,
+    *,
+    lfw: Lfw | str | Path | None = None,
+    progress: bool = False,
+) -> TrainingReference | None:
+    """The training people recorded in a generator's model folder, or None without a record.
+
+    Only LFW training sets have a real reference here (``leak_reference``: their
+    people's centroids with ``embedder``, and tau = the 99th percentile of the
+    nearest-training-person cosine of the record's unseen people, default DevTest).
+    The first call per embedder embeds those LFW people (minutes on a CPU); later calls
+    read the cache. Raises ``LfwNotFoundError`` when the record names LFW people but LFW
+    is not found.
+    """
+    from facefoundry.generators.training_record import read_training_record
+
+    record = read_training_record(model_dir)
+    if record is None or record.lfw_people is None:
+        return None
+    from facefoundry.evaluation.leakage import UNSEEN_PEOPLE, leak_reference
+
+    logger.info("privacy reference: the %s people %s was trained on", record.lfw_people, model_dir)
+    leak = leak_reference(
+        embedder,
+        train_people=record.lfw_people,
+        unseen_people=record.unseen_people or UNSEEN_PEOPLE,
+        lfw=lfw,
+        progress=progress,
+    )
+    return TrainingReference(reference_from_leak_reference(leak), leak, record, str(model_dir))
 
 
 @dataclass

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+OFF = "none"  # reference: none turns the privacy rule off
+
 
 class Threshold(BaseModel):
     """A cosine-similarity threshold, given directly or as a false-match rate.
@@ -62,6 +64,12 @@ class FilterSettings(BaseModel):
     ``centroid_quantile`` of each identity; identity rules: fewer than
     ``min_samples`` samples, privacy (``tau_priv`` to the reference set),
     de-duplication (``tau_inter`` between centroids).
+
+    Privacy reference: ``reference`` (a path), else by default the generator's own
+    training people when its model folder records them (``training_set.yaml``, e.g. LFW
+    DevTrain for ``models/idiff-face-lfw``), compared at the threshold calibrated on
+    unseen real people (``evaluation.leakage``); ``reference: none`` or ``tau_priv: null``
+    turns the rule off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -91,10 +99,16 @@ class FilterSettings(BaseModel):
     min_samples: int = Field(2, ge=1, description="drop identities with fewer kept samples (k)")
     tau_priv: Threshold | None = Field(
         default_factory=lambda: Threshold(fmr=1e-3),
-        description="drop identities whose centroid exceeds this to any reference identity",
+        description="drop identities whose centroid exceeds this to any reference identity "
+        "(a given reference's threshold; the generator's training people use their own "
+        "calibrated one); null: privacy off",
     )
     reference: str | None = Field(
-        None, description="real reference embeddings: a parquet file or a folder of parts"
+        None,
+        description="real reference embeddings: a parquet file or a folder of parts; null "
+        "(default): the generator's training people when its model folder records them "
+        "(training_set.yaml: LFW people, threshold calibrated on unseen LFW people), else "
+        "skipped; none: privacy off",
     )
     privacy_against: Literal["centroids", "samples"] = Field(
         "centroids", description="compare to reference identity centroids or to every image"
@@ -134,6 +148,13 @@ class FilterSettings(BaseModel):
     def _threshold(cls, value: object) -> object:
         return _as_threshold(value)
 
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _reference(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in (OFF, "off"):
+            return OFF
+        return value
+
     @model_validator(mode="after")
     def _independent_judge(self) -> FilterSettings:
         if self.judge_embedder == self.embedder and not self.allow_same_judge:
@@ -147,3 +168,8 @@ class FilterSettings(BaseModel):
     @property
     def privacy_model(self) -> str:
         return self.privacy_embedder or self.embedder
+
+    @property
+    def reference_off(self) -> bool:
+        """``reference: none``: no privacy rule, not even the generator's training people."""
+        return self.reference == OFF

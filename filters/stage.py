@@ -10,14 +10,20 @@ resolves thresholds (cosines or calibrated FMRs), applies every rule
   det_score, centroid_cos, duplicate_of, duplicate_cos, nearest_real, nearest_real_cos.
 - ``identities.parquet``: one row per identity with its counts, reason and scores.
 - ``metrics.json``: settings, resolved thresholds, funnel, before/after metrics.
+
+Privacy reference: ``settings.reference`` when given, else the training people recorded
+in ``generator_model`` (``filters.privacy.training_reference``) at their calibrated
+threshold, else none (the rule is skipped and ``metrics.json`` says why).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +33,7 @@ from facefoundry.atomic import atomic_path, write_text_atomic
 from facefoundry.filters.calibrate import ResolvedThreshold, resolve_threshold
 from facefoundry.filters.decide import FilterResult, Rules, apply_filters
 from facefoundry.filters.metrics import dataset_metrics
-from facefoundry.filters.privacy import load_reference
+from facefoundry.filters.privacy import ReferenceSet, load_reference, training_reference
 from facefoundry.filters.samples import (
     SampleTable,
     embedder_name,
@@ -36,6 +42,9 @@ from facefoundry.filters.samples import (
     read_samples,
 )
 from facefoundry.filters.settings import FilterSettings
+
+if TYPE_CHECKING:
+    from facefoundry.evaluation.lfw import Lfw
 
 logger = logging.getLogger(__name__)
 
@@ -200,20 +209,90 @@ def before_after_metrics(
     return out
 
 
+def _check_weights(reference: ReferenceSet, checksums: dict[str, str], what: str) -> None:
+    checksum = checksums.get(reference.embedder)
+    if reference.checksum and checksum and reference.checksum != checksum:
+        raise ValueError(
+            f"{what} was embedded with other {reference.embedder} weights than the samples; "
+            "re-embed it with the same model"
+        )
+
+
+def privacy_reference(
+    settings: FilterSettings,
+    checksums: dict[str, str],
+    generator_model: str | Path | None = None,
+    lfw: Lfw | str | Path | None = None,
+    progress: bool = False,
+) -> tuple[ReferenceSet | None, ResolvedThreshold | None, str, dict | None]:
+    """The privacy rule's reference set: (reference, calibrated tau or None, note, summary).
+
+    The calibrated tau (a ``ResolvedThreshold``) replaces ``tau_priv`` when the reference
+    is the generator's training people; ``summary`` describes that calibration.
+    """
+    name = embedder_name(settings.privacy_model)
+    if settings.tau_priv is None:
+        return None, None, "off (tau_priv is null)", None
+    if settings.reference_off:
+        return None, None, "off (reference: none)", None
+    if settings.reference:
+        reference = load_reference(settings.reference, name, settings.privacy_against)
+        _check_weights(reference, checksums, f"reference {settings.reference}")
+        note = f"{len(reference)} reference {reference.against} from {settings.reference}"
+        return reference, None, note, None
+    from facefoundry.evaluation.lfw import LfwNotFoundError
+
+    try:
+        trained = training_reference(
+            generator_model, settings.privacy_model, lfw=lfw, progress=progress
+        )
+    except LfwNotFoundError as error:
+        logger.warning("privacy filter skipped: %s", error)
+        note = (
+            f"skipped: {generator_model} was trained on LFW people but LFW is not found "
+            "(set FACEFOUNDRY_DATA_DIR or give settings.reference)"
+        )
+        return None, None, note, None
+    if trained is None:
+        logger.warning("privacy filter skipped: no reference set given")
+        note = "skipped: no reference set (settings.reference)"
+        if generator_model:
+            note += f"; {generator_model} records no LFW training set"
+        return None, None, note, None
+    if settings.privacy_against != "centroids":
+        logger.warning("the training people are compared by centroid (privacy_against ignored)")
+    _check_weights(trained.reference, checksums, f"the training people of {generator_model}")
+    tau = ResolvedThreshold(
+        cos=trained.tau,
+        embedder=name,
+        fmr=None,
+        source=f"leak calibration: {100 * trained.leak.quantile:g}th percentile of unseen "
+        f"{trained.leak.unseen_people} people's nearest-training-person cosine",
+    )
+    summary = {"model": str(generator_model), "record": trained.record.model_dump(mode="json")}
+    summary |= trained.leak.summary()
+    return trained.reference, tau, trained.note(), summary
+
+
 def run_filter(
     embed_dir: str | Path,
     out_dir: str | Path,
     settings: FilterSettings | None = None,
     *,
     generate_dir: str | Path | None = None,
+    generator_model: str | Path | None = None,
+    lfw: Lfw | str | Path | None = None,
     progress: bool = False,
 ) -> Path:
     """Filter the candidates under ``embed_dir``; write decisions, identities and metrics to ``out_dir``.
 
     ``embed_dir``: a run directory (with ``embed/``), the embed folder, or one parquet
     file; ``generate_dir``: the chunks that name each sample's identity (default: the
-    run's ``generate/`` beside ``embed_dir``). Returns ``out_dir``. Nothing in ``out_dir`` is replaced until its new
-    content is complete (each file is written beside and renamed).
+    run's ``generate/`` beside ``embed_dir``); ``generator_model``: the generator's model
+    folder, whose recorded training people are the privacy reference when
+    ``settings.reference`` is not given (``lfw``: where LFW is, default
+    ``$FACEFOUNDRY_DATA_DIR/lfw``). Returns ``out_dir``. Nothing in ``out_dir`` is
+    replaced until its new content is complete (each file is written beside and renamed).
     """
     settings = settings or FilterSettings()
     started = time.perf_counter()
@@ -230,23 +309,14 @@ def run_filter(
     timings["read_s"] = time.perf_counter() - started
 
     rules, resolved = resolve_rules(settings, table.checksums)
-    reference = None
-    privacy_note = "off (tau_priv is null)"
-    if settings.tau_priv is not None:
-        if settings.reference:
-            reference = load_reference(settings.reference, privacy_name, settings.privacy_against)
-            checksum = table.checksums.get(privacy_name)
-            if reference.checksum and checksum and reference.checksum != checksum:
-                raise ValueError(
-                    f"reference {settings.reference} was embedded with other {privacy_name} "
-                    "weights than the samples; re-embed it with the same model"
-                )
-            privacy_note = (
-                f"{len(reference)} reference {reference.against} from {settings.reference}"
-            )
-        else:
-            privacy_note = "skipped: no reference set (settings.reference)"
-            logger.warning("privacy filter skipped: no reference set given")
+    mark = time.perf_counter()
+    reference, calibrated, privacy_note, training = privacy_reference(
+        settings, table.checksums, generator_model, lfw, progress
+    )
+    if calibrated is not None:
+        rules = dataclasses.replace(rules, tau_priv=calibrated.cos)
+        resolved["tau_priv"] = calibrated
+    timings["reference_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
     result = apply_filters(
         table,
@@ -300,6 +370,7 @@ def run_filter(
             "min_samples": rules.min_samples,
             "privacy": privacy_note,
         },
+        **({"privacy_reference": training} if training else {}),
         "funnel": result.funnel,
         "metrics": metrics,
         "timings": timings,

@@ -176,7 +176,14 @@ def embed_unit(run: RunDir, tar_path: str) -> dict:
 def filter_body(run: RunDir, recipe: Recipe) -> dict:
     from facefoundry.filters.stage import run_filter
 
-    run_filter(run.embed, run.filter, recipe.filter, generate_dir=run.generate)
+    run_filter(
+        run.embed,
+        run.filter,
+        recipe.filter,
+        generate_dir=run.generate,
+        generator_model=recipe.generate.model,  # its recorded training people: privacy
+        lfw=recipe.evaluation.lfw,
+    )
     metrics = json.loads(run.filter_metrics.read_text())
     return {"funnel": metrics.get("funnel")}
 

@@ -3,8 +3,10 @@
 A training set is one ``.npz`` file: ``faces`` (N x S x S x 3 uint8 RGB, aligned to the
 ArcFace template and resized to S), ``embeddings`` (N x D float32 unit vectors of the
 conditioning embedder, computed on the full 112 px aligned face), ``labels`` (N int
-person index) and ``names``. Embeddings are computed once here, never in the
-training loop.
+person index), ``names`` and, from prepare-lfw, ``source`` (where the images came
+from, e.g. ``{"source": "lfw", "people_file": "peopleDevTrain.txt"}``: a trained model
+records it, see ``generators.training_record``). Embeddings are computed once here,
+never in the training loop.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class FaceTrainingSet:
     labels: np.ndarray
     names: list[str]
     embedder: dict
+    source: dict | None = None
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -43,6 +46,7 @@ class FaceTrainingSet:
                 labels=self.labels,
                 names=np.array(self.names),
                 embedder=np.array(json.dumps(self.embedder)),
+                **({"source": np.array(json.dumps(self.source))} if self.source else {}),
             )
         return path
 
@@ -58,6 +62,7 @@ class FaceTrainingSet:
                 data["labels"],
                 [str(n) for n in data["names"]],
                 json.loads(str(data["embedder"])),
+                json.loads(str(data["source"])) if "source" in data.files else None,
             )
 
 
@@ -69,9 +74,11 @@ def build_training_set(
     detector: str = "yunet",
     workers: int = 2,
     progress: bool = True,
+    source: dict | None = None,
 ) -> tuple[FaceTrainingSet, dict[str, int]]:
     """Detect, align and embed images into a training set; images without a usable face
-    are left out and counted (the returned dict is the outcome summary)."""
+    are left out and counted (the returned dict is the outcome summary). ``source`` says
+    where the images came from (kept in the file, recorded in models trained on it)."""
     from facefoundry.faces import get_embedder, process_images_parallel
 
     result = process_images_parallel(
@@ -92,5 +99,6 @@ def build_training_set(
         labels=np.asarray(labels, dtype=np.int64)[usable],
         names=[o.key for o, ok in zip(result.outcomes, usable, strict=True) if ok],
         embedder=model.describe(),
+        source=source,
     )
     return training, result.summary()

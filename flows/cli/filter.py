@@ -23,7 +23,9 @@ FILTER_DESCRIPTION = """\
 Run the filter stage on embedded candidates: face rules (no face, several faces, low
 detection score), intra-class consistency (cosine to the identity centroid: absolute
 threshold, then the lowest quantile per identity), at least k samples per identity,
-privacy (no identity centroid above tau_priv to any real reference identity) and
+privacy (no identity centroid above tau_priv to any real reference identity: --reference,
+else the training people recorded in the generator's model folder, --generator or the
+run's recipe, at their calibrated threshold; --reference none turns it off) and
 greedy de-duplication (centroids above tau_inter). Reads TARGET's embed parts (and a
 run's generate/ tables for identities); writes decisions.parquet (one row per
 candidate, rejects with a reason), identities.parquet and metrics.json (funnel,
@@ -178,6 +180,19 @@ def _existing_target(path: str, what: str) -> Path:
     return target
 
 
+def _run_recipe_value(target: Path, section: str, key: str) -> str | None:
+    """A value of a run folder's resolved recipe (None when TARGET is no run folder)."""
+    import yaml
+
+    from facefoundry.flows.run_dir import RunDir
+
+    path = RunDir(target).recipe
+    if not path.is_file():
+        return None
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return (document.get(section) or {}).get(key)
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
     target = _existing_target(args.target, "filter target")
     if args.out:
@@ -199,7 +214,11 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
     from facefoundry.filters.stage import METRICS, run_filter
 
-    out = run_filter(target, out, settings, progress=not args.quiet)
+    generator = args.generator or _run_recipe_value(target, "generate", "model")
+    lfw = args.lfw or _run_recipe_value(target, "evaluation", "lfw")
+    out = run_filter(
+        target, out, settings, generator_model=generator, lfw=lfw, progress=not args.quiet
+    )
     document = json.loads((out / METRICS).read_text())
     if not args.quiet:
         console = Console()
@@ -299,7 +318,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--embedder", default=None, help="filtering embedder (default sface)")
     run.add_argument("--judge", default=None, help="reporting embedder (default dlib)")
-    run.add_argument("--reference", default=None, help="real reference embeddings for privacy")
+    run.add_argument(
+        "--reference",
+        default=None,
+        help="real reference embeddings for privacy (none: privacy off; default: the "
+        "generator's recorded training people)",
+    )
+    run.add_argument(
+        "--generator",
+        default=None,
+        metavar="MODEL_DIR",
+        help="generator model folder whose recorded training set (training_set.yaml) is the "
+        "default privacy reference (default: the run's generate.model)",
+    )
+    run.add_argument("--lfw", default=None, help=LFW_HELP)
     run.add_argument("-q", "--quiet", action="store_true", help="no tables or progress bars")
     run.set_defaults(func=cmd_filter)
 

@@ -54,6 +54,7 @@ def cmd_prepare_lfw(args: argparse.Namespace) -> int:
         size=args.size,
         embedder=args.embedder,
         workers=args.workers,
+        source={"source": "lfw", "people_file": args.people},
     )
     data.save(args.out)
     print(

@@ -477,4 +477,8 @@ def train_idiff_face(
     (out_dir / "loss_history.json").write_text(json.dumps(trainer.history))
     # the 'fitted' identity method draws from a Gaussian fit to the training embeddings
     save_identity_prior(data.embeddings, out_dir / "model" / PRIOR_FILE)
+    # what the model saw: the privacy filter's default reference (generators.training_record)
+    from facefoundry.generators.training_record import record_training_set
+
+    record_training_set(data, out_dir / "model", data_path)
     return out_dir / "model"
