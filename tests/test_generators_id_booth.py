@@ -283,3 +283,69 @@ def test_generate_chunk_writes_the_stage_contract_and_reuses_adapters(
     generate_chunk(table_path, ids, out, 0, gen, 7, identity_net())
     assert [a.stat().st_mtime_ns for a in adapters] == stamps
     assert (out / "part-00000.tar").read_bytes() == first_tar
+
+
+# --- the pixel-space base: an IDiff-Face model folder (issue 17) ---------------------------
+@pytest.fixture(scope="module")
+def tiny_idiff(tmp_path_factory):
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
+    from tests.helpers.generators import tiny_config
+
+    torch.manual_seed(0)
+    model = IDiffFaceModel(tiny_config())
+    with torch.no_grad():  # a non-zero "learned" empty context, as a trained model has
+        model.conditioner.empty_context.normal_()
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny-idiff"))
+
+
+def test_id_booth_runs_on_a_pixel_idiff_face_base_and_trains_only_lora(tiny_idiff, tmp_path):
+    from facefoundry.generators.id_booth.pixel_base import PIXEL_TARGET_MODULES, PixelBase
+    from facefoundry.generators.id_booth.prompts import encode_prompts
+    from tests.helpers.generators import tiny_id_network
+
+    assert check_base_folder(tiny_idiff) == "pixel"
+    base = load_base(tiny_idiff)
+    assert isinstance(base, PixelBase) and base.resolution == 16
+    # class prompt and negative prompt -> the empty context; the token -> a fixed other one
+    prompts = encode_prompts(base, ["photo of a person", "", "photo of sks person"], 16)
+    empty = base.conditioner.empty_context
+    assert torch.equal(prompts.states[0], empty) and torch.equal(prompts.states[1], empty)
+    assert not torch.allclose(prompts.states[2], empty)
+    assert torch.equal(prompts.class_labels, prompts.states.flatten(1))
+    unet_before = base_weights(base.unet)
+    conditioner_before = {k: v.clone() for k, v in base.conditioner.state_dict().items()}
+    rng = np.random.default_rng(0)
+    trainer = IDBoothTrainer(
+        base,
+        settings(
+            tiny_idiff,
+            resolution=16,
+            train_steps=3,
+            target_modules=PIXEL_TARGET_MODULES,
+            triplet_weight=1.0,
+        ),
+        rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8),
+        tiny_id_network(),
+    )
+    result = trainer.fine_tune("p", rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8), tmp_path)
+    assert all("triplet" in h and np.isfinite(h["loss"]) for h in result.history)
+    after = base_weights(base.unet)
+    assert unet_before.keys() == after.keys()
+    assert all(torch.equal(unet_before[k], after[k]) for k in after)
+    assert all(
+        torch.equal(v, base.conditioner.state_dict()[k]) for k, v in conditioner_before.items()
+    )
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(result.adapter))
+    assert any("class_embedding" in k for k in adapter)  # both identity paths adapted
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
+    # sampling through the same path: the adapter changes the images of the instance prompt
+    plain = sample_images(base, ["photo of sks person"] * 2, [1, 2], steps=3, resolution=16)
+    load_lora(base.unet, "p", tmp_path)
+    tuned = sample_images(base, ["photo of sks person"] * 2, [1, 2], steps=3, resolution=16)
+    base.unet.delete_adapters("p")
+    assert tuned.shape == (2, 16, 16, 3) and not np.array_equal(plain, tuned)
+    with pytest.raises(ValueError, match="16 px"):
+        encode_prompts(base, ["photo of sks person"], 32)

@@ -45,13 +45,19 @@ class BaseComponents:
 
 
 def check_base_folder(folder: str | Path) -> str:
-    """Validate a diffusers pipeline folder; returns "sd" or "sdxl"."""
+    """Validate a diffusers pipeline folder; returns "sd" or "sdxl" (or "pixel" for an
+    IDiff-Face pixel-space model folder, see ``pixel_base``)."""
     folder = Path(folder)
     if not str(folder) or not folder.is_dir():
         raise BasePipelineError(
             f"base pipeline folder {folder} does not exist: point generate.model at a local "
-            "diffusers Stable Diffusion folder (model_index.json, unet/, vae/, ...)"
+            "diffusers Stable Diffusion folder (model_index.json, unet/, vae/, ...) or an "
+            "IDiff-Face pixel-space model folder (idiff_face.json, unet/)"
         )
+    from facefoundry.generators.id_booth.pixel_base import is_pixel_base
+
+    if is_pixel_base(folder):
+        return "pixel"
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise BasePipelineError(f"{folder} has no model_index.json: not a diffusers pipeline")
@@ -77,7 +83,8 @@ def check_base_folder(folder: str | Path) -> str:
 
 
 def load_base(folder: str | Path, device: str | torch.device = "cpu") -> BaseComponents:
-    """Load the components (frozen, eval mode) of a checked pipeline folder."""
+    """Load the components (frozen, eval mode) of a checked pipeline folder (an IDiff-Face
+    folder gives a ``pixel_base.PixelBase``, which has the same interface)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import (
         CLIPTextModel,
@@ -87,6 +94,10 @@ def load_base(folder: str | Path, device: str | torch.device = "cpu") -> BaseCom
 
     folder = Path(folder)
     kind = check_base_folder(folder)
+    if kind == "pixel":
+        from facefoundry.generators.id_booth.pixel_base import load_pixel_base
+
+        return load_pixel_base(folder, device)
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
     vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True)
     encoders = [CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True)]

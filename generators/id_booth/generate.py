@@ -146,6 +146,8 @@ def generate_chunk(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_base_once(settings.model, device)
+    if base.kind == "pixel":  # an IDiff-Face base keys its instance context by the token
+        base.token = booth.token
     checksum = model_checksum(settings)
     table, position = chunk_identities(identities_path, identity_ids)
     trainer = None  # built only if an adapter is missing: it encodes the prior set
@@ -262,6 +264,10 @@ def identity_network(settings: IDBoothSettings) -> torch.nn.Module | None:
         logger.warning("generate.identity_model is empty: fine-tuning without the triplet loss")
         return None
     key = (settings.identity_model, settings.identity_backbone, settings.identity_features)
+    if key not in _NETWORKS and settings.identity_model == "sface":
+        from facefoundry.generators.id_booth.identity_loss import SFaceIdentity
+
+        _NETWORKS[key] = SFaceIdentity()  # the differentiable torch SFace
     if key not in _NETWORKS:
         from facefoundry.recognition.export import load_backbone
 

@@ -107,3 +107,19 @@ def locate_faces(images: torch.Tensor, mode: str, detector=None) -> list[np.ndar
 def embed_crops(identity_model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
     """Identity embeddings (unit vectors) of [-1, 1] aligned crops, gradient kept."""
     return F.normalize(identity_model(crops.float()), dim=-1)
+
+
+class SFaceIdentity(torch.nn.Module):
+    """The differentiable torch SFace (``recognition.sface_torch``) as a triplet-loss
+    identity network: [-1, 1] aligned 112 px crops -> raw 128-d features. Frozen."""
+
+    def __init__(self):
+        super().__init__()
+        from facefoundry.generators.idiff_face.identity_loss import load_identity_recognizer
+
+        self.recognizer = load_identity_recognizer()
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        from facefoundry.recognition.sface_torch import preprocess_tensor
+
+        return self.recognizer(preprocess_tensor((crops.float() + 1.0) * 127.5))

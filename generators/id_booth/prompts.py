@@ -13,21 +13,34 @@ from facefoundry.generators.id_booth.settings import BACKGROUNDS, EXPRESSIONS, L
 
 @dataclass
 class PromptEmbeddings:
-    """Cross-attention states, plus SDXL's pooled text embedding and time ids."""
+    """Cross-attention states, plus SDXL's pooled text embedding and time ids, or (the
+    IDiff-Face pixel base) the context added to the timestep embedding."""
 
     states: torch.Tensor
     added: dict | None = None
+    class_labels: torch.Tensor | None = None
 
     def take(self, index: torch.Tensor | slice) -> PromptEmbeddings:
         added = {k: v[index] for k, v in self.added.items()} if self.added else None
-        return PromptEmbeddings(self.states[index], added)
+        labels = self.class_labels[index] if self.class_labels is not None else None
+        return PromptEmbeddings(self.states[index], added, labels)
 
     @staticmethod
     def cat(parts: list[PromptEmbeddings]) -> PromptEmbeddings:
         added = None
         if parts[0].added:
             added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
-        return PromptEmbeddings(torch.cat([p.states for p in parts]), added)
+        labels = None
+        if parts[0].class_labels is not None:
+            labels = torch.cat([p.class_labels for p in parts])
+        return PromptEmbeddings(torch.cat([p.states for p in parts]), added, labels)
+
+    def unet_kwargs(self) -> dict:
+        """Keyword arguments of ``UNet2DConditionModel.forward`` for these prompts."""
+        kwargs = {"encoder_hidden_states": self.states, "added_cond_kwargs": self.added}
+        if self.class_labels is not None:
+            kwargs["class_labels"] = self.class_labels
+        return kwargs
 
 
 def instance_prompt(token: str) -> str:
@@ -57,7 +70,10 @@ def variation_prompts(
 
 @torch.no_grad()
 def encode_prompts(base, prompts: list[str], resolution: int) -> PromptEmbeddings:
-    """Text -> UNet conditioning with the base pipeline's own encoders."""
+    """Text -> UNet conditioning with the base pipeline's own encoders (the pixel base,
+    ``pixel_base.PixelBase``, maps prompts to IDiff-Face contexts instead)."""
+    if base.kind == "pixel":
+        return base.encode_prompts(prompts, resolution)
     device = base.unet.device
     hidden, pooled = [], None
     for tokenizer, encoder in zip(base.tokenizers, base.text_encoders, strict=True):

@@ -71,12 +71,7 @@ def sample_images(
             model_in = torch.cat([latents, latents]) if use_cfg else latents
             model_in = sampler.scale_model_input(model_in, t)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                output = base.unet(
-                    model_in,
-                    t,
-                    encoder_hidden_states=conditional.states,
-                    added_cond_kwargs=conditional.added,
-                ).sample
+                output = base.unet(model_in, t, **conditional.unet_kwargs()).sample
             output = output.float()
             if use_cfg:
                 uncond, cond = output.chunk(2)

@@ -29,7 +29,9 @@ class IDBoothSettings(GeneratorSettings):
     local SD-family pipeline (``model``); defaults follow the ID-Booth paper."""
 
     family: Literal["id_booth"] = "id_booth"
-    model: str = Field("", description="local diffusers SD 1.5 / 2.1 / SDXL pipeline folder")
+    model: str = Field(
+        "", description="local diffusers SD 1.5 / 2.1 / SDXL folder, or an IDiff-Face pixel model"
+    )
     batch_size: int = Field(8, ge=1)
     references_model: str = Field(
         "models/idiff-face-lfw", description="IDiff-Face folder that draws reference images"
@@ -57,7 +59,9 @@ class IDBoothSettings(GeneratorSettings):
     face_crop: Literal["detect", "aligned"] = Field(
         "detect", description="detect: YuNet landmarks; aligned: images are template-aligned"
     )
-    identity_model: str = Field("", description="recognizer checkpoint for the triplet loss")
+    identity_model: str = Field(
+        "", description='recognizer checkpoint for the triplet loss, or "sface" (torch SFace)'
+    )
     identity_backbone: str = "r50"
     identity_features: int = Field(512, ge=1, description="embedding size of identity_model")
     steps: int = Field(30, ge=1, description="sampling steps")

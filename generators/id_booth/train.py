@@ -38,12 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 def to_model_images(images: np.ndarray, resolution: int) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> float N x 3 x R x R in [-1, 1]."""
+    """uint8 N x H x W x 3 -> float N x 3 x R x R in [-1, 1] (antialiased when shrinking,
+    e.g. 112 px references for the 32 px pixel base)."""
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     tensor = tensor / 127.5 - 1.0
     if tensor.shape[-1] != resolution or tensor.shape[-2] != resolution:
+        shrink = tensor.shape[-1] > resolution or tensor.shape[-2] > resolution
         tensor = F.interpolate(
-            tensor, size=(resolution, resolution), mode="bicubic", align_corners=False
+            tensor,
+            size=(resolution, resolution),
+            mode="bicubic",
+            align_corners=False,
+            antialias=shrink,
         ).clamp(-1, 1)
     return tensor
 
@@ -85,6 +91,8 @@ class IDBoothTrainer:
 
             detector = get_detector("yunet")
         self.detector = detector
+        if base.kind == "pixel":  # its instance context is keyed by the identifier token
+            base.token = settings.token
         self.prompts = PromptEmbeddings.cat(
             [
                 encode_prompts(base, [instance_prompt(settings.token)], settings.resolution),
@@ -195,12 +203,7 @@ class IDBoothTrainer:
             t = torch.randint(0, self.T, (2,), generator=g).to(self.device)
             noisy = self.noise.add_noise(x0, noise, t)
             with self._autocast():
-                output = self.base.unet(
-                    noisy,
-                    t,
-                    encoder_hidden_states=self.prompts.states,
-                    added_cond_kwargs=self.prompts.added,
-                ).sample.float()
+                output = self.base.unet(noisy, t, **self.prompts.unet_kwargs()).sample.float()
             if self.prediction_type == "v_prediction":
                 target = self.noise.get_velocity(x0, noise, t)
             elif self.prediction_type == "sample":
