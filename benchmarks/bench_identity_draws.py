@@ -18,13 +18,12 @@ describe the best spread by identities kept (ties: higher judge gap).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from bench_sampling import SHOWN, Variant, real_faces, run_variant
-from common import REPO, finish, machine
+from common import REPO, finish, machine, save_results
 
 
 def main() -> None:
@@ -80,9 +79,7 @@ def main() -> None:
         "rows": [{k: r.get(k) for k in ("spread", "condition_cos", *SHOWN)} for r in rows],
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
-    out = REPO / "benchmarks" / "results" / f"{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=1, default=float))
+    save_results(args.name, figures)
     finish(figures)
 
 

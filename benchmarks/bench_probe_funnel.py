@@ -21,14 +21,13 @@ Usage: python benchmarks/bench_probe_funnel.py [--pool 250] [--want 100]
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from bench_sampling import Variant
-from common import REPO, finish, machine
+from common import REPO, finish, machine, save_results
 
 
 def subset(faces, rows: np.ndarray):
@@ -158,9 +157,7 @@ def main() -> None:
         "generate_img_per_s": round(len(images) / generate_s, 2),
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
-    out = REPO / "benchmarks" / "results" / f"{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=1, default=float))
+    save_results(args.name, figures)
     finish(figures)
 
 

@@ -22,14 +22,13 @@ failure, and when the reference gap is within the tolerance: a collapse would no
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, finish, machine, peak_gflops
+from common import REPO, finish, machine, peak_gflops, save_results
 
 from facefoundry.evaluation.generator_quality import separation
 
@@ -491,9 +490,7 @@ def main() -> None:
         ],
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
-    out = REPO / "benchmarks" / "results" / "bench_sampling.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=1, default=float))
+    save_results("bench_sampling", figures)
     finish(figures)
 
 

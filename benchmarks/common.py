@@ -53,6 +53,14 @@ def peak_gflops(seconds: float = 2.0) -> float:
     return 2 * 1024**3 * count / (time.perf_counter() - started) / 1e9
 
 
+def save_results(name: str, figures: dict) -> Path:
+    """Write the figures to benchmarks/results/NAME.json (what BENCHMARKS.md tables quote)."""
+    out = REPO / "benchmarks" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1, default=float))
+    return out
+
+
 def finish(figures: dict) -> None:
     """Print the figures as one JSON object on the last line (the benchmarks' contract)."""
     print(json.dumps(figures, sort_keys=True))
