@@ -126,6 +126,18 @@ class TrainingReference:
         )
 
 
+def _embed_workers() -> int:
+    """Processes for the first (uncached) embedding of the training people: every core
+    of a plain process (the cold embed is minutes long), one inside a daemonic worker
+    (a Dask or pool worker may not start processes)."""
+    import multiprocessing
+    import os
+
+    if multiprocessing.current_process().daemon:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def training_reference(
     model_dir: str | Path | None,
     embedder: str,
@@ -155,6 +167,7 @@ def training_reference(
         train_people=record.lfw_people,
         unseen_people=record.unseen_people or UNSEEN_PEOPLE,
         lfw=lfw,
+        workers=_embed_workers(),
         progress=progress,
     )
     return TrainingReference(reference_from_leak_reference(leak), leak, record, str(model_dir))
