@@ -156,13 +156,13 @@ def test_layouts_are_seeded_and_bad_layouts_are_rejected():
         MultiIdSettings(faces_per_imag=2)
 
 
-def test_crop_back_emits_exactly_the_assigned_faces(lfw):
+def _three_faces(lfw, detector, embedder):
+    """A 480 px canvas with three LFW people at known boxes, and their SFace vectors."""
     import cv2
 
     from facefoundry.evaluation.lfw import image_name
-    from facefoundry.faces import align_face, decode_image, get_detector, get_embedder, select_face
+    from facefoundry.faces import align_face, decode_image, select_face
 
-    detector, embedder = get_detector("yunet"), get_embedder("sface")
     people = ["Colin_Powell", "Serena_Williams", "George_W_Bush"]
     originals = [decode_image(lfw.read(image_name(p, 1)), p) for p in people]
     vectors = []
@@ -175,6 +175,14 @@ def test_crop_back_emits_exactly_the_assigned_faces(lfw):
     for (x, y), image in zip(corners, originals, strict=True):
         canvas[y : y + 220, x : x + 220] = cv2.resize(image[15:235, 15:235], (220, 220))
     boxes = [[x / 480, y / 480, (x + 220) / 480, (y + 220) / 480] for x, y in corners]
+    return canvas, boxes, vectors
+
+
+def test_crop_back_emits_exactly_the_assigned_faces(lfw):
+    from facefoundry.faces import get_detector, get_embedder
+
+    detector, embedder = get_detector("yunet"), get_embedder("sface")
+    canvas, boxes, vectors = _three_faces(lfw, detector, embedder)
     empty = [0.0, 0.55, 0.2, 0.75]  # a fourth identity whose box holds no face
     fourth = np.random.default_rng(0).standard_normal(128).astype(np.float32)
     from facefoundry.generators.multi_id.generate import crop_back
@@ -335,3 +343,24 @@ def test_sampling_and_generate_chunk_record_rejects(tmp_path):
     assert all(r["reason"] for r in rejects)
     # complete chunks are skipped on re-run
     assert generate_chunk(identities, [0, 1, 2], tmp_path / "out", 0, settings, 0) == parquet
+
+
+def test_crop_back_upscales_small_canvases_before_reading_faces(lfw):
+    import cv2
+
+    from facefoundry.faces import get_detector, get_embedder
+    from facefoundry.generators.multi_id.generate import crop_back
+
+    detector, embedder = get_detector("yunet"), get_embedder("sface")
+    canvas, boxes, vectors = _three_faces(lfw, detector, embedder)
+    small = cv2.resize(canvas, (64, 64), interpolation=cv2.INTER_AREA)  # ~29 px faces
+    plain, _ = crop_back(small, np.array(boxes), vectors, detector, embedder, "s")
+    enlarged, _ = crop_back(small, np.array(boxes), vectors, detector, embedder, "s", upscale=4)
+    assert [s.slot for s in enlarged] == [0, 1, 2]
+    worst_plain = min([s.provenance["assignment_score"] for s in plain] + [1.0] * (3 - len(plain)))
+    worst = min(s.provenance["assignment_score"] for s in enlarged)
+    assert worst > worst_plain + 0.1  # the face whose 64 px landmarks were off is read right
+    for sample in enlarged:  # provenance stays in the canvas's own pixels
+        x1, y1, x2, y2 = sample.provenance["detection_box"]
+        box = np.array(boxes[sample.slot]) * 64
+        assert box[0] - 8 < (x1 + x2) / 2 < box[2] + 8 and x2 - x1 < 40

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from facefoundry.errors import UsageError
 from facefoundry.flows.cli._common import (
     LFW_HELP,
     RAW,
@@ -158,8 +159,13 @@ def cmd_generator_init_multi_id(args: argparse.Namespace) -> int:
 def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
     existing_file(args.data, "training set", DATA_HINT)
     existing_dir(args.model, "model folder", "make one with `facefoundry generator init-multi-id`")
-    if args.identity_model:
+    if args.identity_model and args.identity_model != "sface":
         existing_file(args.identity_model, "--identity-model")
+    if args.person_negatives and args.identity_model != "sface":
+        raise UsageError(
+            "--person-negatives compares against the training set's conditions: use it "
+            "with --identity-model sface"
+        )
     import torch
 
     from facefoundry.generators.multi_id.fit import fit_adapter
@@ -169,10 +175,17 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     fields = {
         "faces_per_image": args.faces_per_image,
+        "face_counts": args.face_counts,
+        "region_masks": not args.no_region_masks,
         "learning_rate": args.lr,
         "device": args.device,
     }
-    if args.identity_model:
+    fields.update({k: v for k, v in boxes_from(args).items() if v is not None})
+    if args.identity_model == "sface":
+        from facefoundry.generators.id_booth.identity_loss import SFaceIdentity
+
+        network = SFaceIdentity()
+    elif args.identity_model:
         from facefoundry.recognition.export import load_backbone
 
         network = load_backbone(args.identity_model, args.identity_backbone, args.identity_features)
@@ -182,11 +195,21 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
         )
         network = torch.nn.Identity()
         fields.update(id_loss_weight=0.0, infonce_weight=0.0)
+    negatives = None
+    if args.person_negatives:
+        import numpy as np
+
+        from facefoundry.generators.idiff_face.train import person_centroids
+        from facefoundry.generators.training_data import FaceTrainingSet
+
+        data = FaceTrainingSet.load(args.data)
+        negatives = person_centroids(torch.from_numpy(data.embeddings), np.asarray(data.labels))
     model = fit_adapter(
         args.model,
         args.data,
         args.out,
         network,
+        negatives=negatives,
         steps=args.steps,
         batch_size=args.batch_size,
         settings=MultiIdTrainSettings(**fields),
@@ -196,6 +219,54 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"model": str(model), "history": str(Path(args.out) / "history.json")}))
     return 0
+
+
+def boxes_from(args: argparse.Namespace) -> dict:
+    return {"box_min": args.box_min, "box_max": args.box_max, "box_margin": args.box_margin}
+
+
+def face_counts(text: str) -> list[int]:
+    """Parse "2,3,4" into [2, 3, 4] (an argparse type)."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected e.g. 2,3,4, got {text!r}") from error
+    if not counts or not all(1 <= k <= 8 for k in counts):
+        raise argparse.ArgumentTypeError(f"face counts must be 1..8, got {text!r}")
+    return counts
+
+
+def cmd_generator_train_multi_id_base(args: argparse.Namespace) -> int:
+    existing_file(args.data, "training set", DATA_HINT)
+    existing_dir(args.idiff_face, "--idiff-face folder", "e.g. models/idiff-face-lfw")
+    import torch
+
+    from facefoundry.generators.multi_id.base import fit_base
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    boxes = {k: v for k, v in boxes_from(args).items() if v is not None}
+    base = fit_base(
+        args.idiff_face,
+        args.data,
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        face_counts=tuple(args.face_counts),
+        canvas=args.canvas,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        **boxes,
+    )
+    print(json.dumps({"base": str(base), "history": str(Path(args.out) / "history.json")}))
+    return 0
+
+
+def add_box_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--box-min", type=float, default=None, help="face box side, fraction")
+    parser.add_argument("--box-max", type=float, default=None, help="face box side, fraction")
+    parser.add_argument("--box-margin", type=float, default=None, help="gap between boxes")
 
 
 def cmd_generator_tiny_sd(args: argparse.Namespace) -> int:
@@ -355,7 +426,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Trains only the identity adapter of MODEL_DIR on group images pasted "
         "from DATA's aligned faces (K different people per image, known boxes). Resumes "
         "from OUT when it holds a checkpoint; writes OUT/model (a model folder for "
-        "generation), OUT/history.json, OUT/state.json and OUT/optimizer.safetensors. "
+        "generation), OUT/history.json and OUT/checkpoint/ (what a resume reads). "
         "Without --identity-model only the diffusion loss trains.",
     )
     train_multi.add_argument("data", metavar="DATA.npz", help="training set from prepare-lfw")
@@ -366,14 +437,34 @@ def register(commands: argparse._SubParsersAction) -> None:
     train_multi.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     train_multi.add_argument("--faces-per-image", type=int, default=2)
     train_multi.add_argument(
+        "--face-counts",
+        type=face_counts,
+        default=None,
+        metavar="K,K,...",
+        help="cycle the faces per canvas over these counts, one per step (e.g. 2,3,4)",
+    )
+    add_box_arguments(train_multi)
+    train_multi.add_argument(
+        "--no-region-masks",
+        action="store_true",
+        help="identity attention over the whole image (WithAnyone's no-mask baseline)",
+    )
+    train_multi.add_argument(
         "--background", default="noise", choices=["noise", "grey"], help="canvas background"
     )
     train_multi.add_argument(
         "--identity-model",
         default=None,
         metavar="PATH",
-        help="recognizer weights (backbone.safetensors or arcface_torch .pth) for the "
+        help="'sface' (the differentiable torch SFace, the conditioning space) or "
+        "recognizer weights (backbone.safetensors or arcface_torch .pth) for the "
         "identity and InfoNCE losses",
+    )
+    train_multi.add_argument(
+        "--person-negatives",
+        action="store_true",
+        help="InfoNCE also against every training person's mean condition (not only the "
+        "in-batch identities); needs --identity-model sface (the conditions' space)",
     )
     train_multi.add_argument("--identity-backbone", default="r50", help="e.g. r18, r50, r100")
     train_multi.add_argument("--identity-features", type=int, default=512)
@@ -382,6 +473,34 @@ def register(commands: argparse._SubParsersAction) -> None:
     train_multi.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     train_multi.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train_multi.set_defaults(func=cmd_generator_train_multi_id)
+
+    train_base = actions.add_parser(
+        "train-multi-id-base",
+        help="teach a trained IDiff-Face UNet to draw group canvases (a multi-id base)",
+        description="Converts the IDiff-Face model (its empty-identity context folded into "
+        "the time embedding) into a plain UNet of --canvas px and fine-tunes every weight "
+        "with the diffusion loss on group canvases of DATA's faces (K different people "
+        "pasted per canvas). Resumes from OUT; writes OUT/base (unet/ + scheduler/, the "
+        "--unet of init-multi-id), OUT/checkpoint and OUT/history.json.",
+    )
+    train_base.add_argument("data", metavar="DATA.npz", help="training set from prepare-lfw")
+    train_base.add_argument(
+        "--idiff-face", default="models/idiff-face-lfw", help="IDiff-Face model folder"
+    )
+    train_base.add_argument("--out", required=True, help="training folder (checkpoint, base/)")
+    train_base.add_argument("--steps", type=int, default=1500, help="total steps")
+    train_base.add_argument("--batch-size", type=int, default=16)
+    train_base.add_argument("--lr", type=float, default=2e-4, help="learning rate")
+    train_base.add_argument("--canvas", type=int, default=64, help="canvas size in pixels")
+    train_base.add_argument(
+        "--face-counts", type=face_counts, default=[2, 3, 4], metavar="K,K,...",
+        help="faces per canvas, cycled per step (default 2,3,4)",
+    )  # fmt: skip
+    add_box_arguments(train_base)
+    train_base.add_argument("--checkpoint-every", type=int, default=100, help="steps")
+    train_base.add_argument("--seed", type=int, default=0)
+    train_base.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train_base.set_defaults(func=cmd_generator_train_multi_id_base)
 
     tiny_sd = actions.add_parser(
         "tiny-sd",

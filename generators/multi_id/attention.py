@@ -44,6 +44,7 @@ class IdentityContext:
     boxes: torch.Tensor | None = None
     latent_hw: tuple[int, int] | None = None
     record: bool = False
+    region_masks: bool = True
 
 
 def _grid(positions: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -85,6 +86,8 @@ class IdentityAttnProcessor(nn.Module):
         _, k, t, d = tokens.shape
         h, w = _grid(positions, ctx.latent_hw)
         masks = box_masks(boxes.float(), h, w)  # (B, K, N)
+        if not ctx.region_masks:  # identity attention over the whole image
+            masks = torch.ones_like(masks)
         covered = masks.any(1)  # (B, N)
         allowed = masks.transpose(1, 2).repeat_interleave(t, dim=2)  # (B, N, K*T)
         # rows with no identity would be all -inf (NaN): let them attend freely, zero later
@@ -193,6 +196,15 @@ class IdentityAdapter(nn.Module):
             for name in self.layer_names
             if self.processor(name).last_identity_term is not None
         }
+
+    @property
+    def region_masks(self) -> bool:
+        return self.context.region_masks
+
+    def set_region_masks(self, enabled: bool) -> None:
+        """Route each position to its own box's identity (True, the method) or let every
+        position attend to all identities (False: WithAnyone's no-mask baseline)."""
+        self.context.region_masks = bool(enabled)
 
     def set_scale(self, scale: float) -> None:
         for processor in self.processors.values():

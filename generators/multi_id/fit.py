@@ -191,16 +191,21 @@ def fit_adapter(
     if vae is not None:
         vae.requires_grad_(False)
     id_network = id_network.to(device).eval()
-    canvases = GroupCanvasSet(
-        data,
-        settings.faces_per_image,
-        canvas_size(unet, vae),
-        settings.box_min,
-        settings.box_max,
-        settings.box_margin,
-        background,  # type: ignore[arg-type]
-        seed,
-    )
+    adapter.set_region_masks(settings.region_masks)
+    counts = settings.face_counts or [settings.faces_per_image]
+    canvases = [
+        GroupCanvasSet(
+            data,
+            k,
+            canvas_size(unet, vae),
+            settings.box_min,
+            settings.box_max,
+            settings.box_margin,
+            background,  # type: ignore[arg-type]
+            seed,
+        )
+        for k in counts
+    ]
     optimizer = make_optimizer(adapter, settings.learning_rate)
     step, history = 0, []
     if checkpoint is not None:
@@ -215,7 +220,7 @@ def fit_adapter(
     )
     saved = step
     while step < steps:
-        batch = canvases.batch(step, batch_size)
+        batch = canvases[step % len(canvases)].batch(step, batch_size)
         batch.images = batch.images.to(device, unet.dtype)
         batch.identities, batch.boxes = batch.identities.to(device), batch.boxes.to(device)
         generator = torch.Generator(device=device).manual_seed(sample_seed(seed, step, 0, "fit"))
@@ -224,7 +229,7 @@ def fit_adapter(
             vae=vae, negatives=negatives, generator=generator,
         )  # fmt: skip
         step += 1
-        history.append({"step": step, **losses})
+        history.append({"step": step, "faces_per_image": int(batch.boxes.shape[1]), **losses})
         bar.update(1)
         bar.set_postfix(loss=f"{losses['loss']:.4f}")
         if step % checkpoint_every == 0 or step == steps:

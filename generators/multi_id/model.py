@@ -2,7 +2,8 @@
 
 Layout: ``unet/`` (diffusers), ``adapter.safetensors`` (tokenizer + identity layers,
 never pickles), ``scheduler/`` (the DDPM training schedule), ``multi_id.json``
-(tokenizer config), optional ``vae/`` (latent models).
+(tokenizer config and whether identity attention is box-masked), optional ``vae/``
+(latent models).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def save_model(folder: str | Path, unet, adapter: IdentityAdapter, scheduler, va
     if vae is not None:
         vae.save_pretrained(folder / "vae")
     save_adapter(adapter, folder / ADAPTER_NAME)
-    (folder / CONFIG_NAME).write_text(json.dumps({"tokenizer": adapter.tokenizer.config()}))
+    config = {"tokenizer": adapter.tokenizer.config(), "region_masks": adapter.region_masks}
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
     return folder
 
 
@@ -102,6 +104,10 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype = tor
     )
     adapter = install_identity_adapter(unet, config["id_dim"], tokenizer=tokenizer)
     load_adapter(adapter, folder / ADAPTER_NAME)
+    # folders written before the no-mask ablation existed were all trained with masks
+    adapter.set_region_masks(
+        json.loads((folder / CONFIG_NAME).read_text()).get("region_masks", True)
+    )
     adapter.to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     vae = None

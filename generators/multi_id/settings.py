@@ -43,6 +43,7 @@ class MultiIdSettings(GroupLayout, GeneratorSettings):
     gate: Literal["iou", "centre"] = "centre"
     min_iou: float = Field(0.3, ge=0.0, le=1.0)
     min_similarity: float = Field(-1.0, ge=-1.0, le=1.0, description="-1: filters decide")
+    crop_upscale: int = Field(1, ge=1, le=8, description="enlarge small canvases before detection")
 
 
 class MultiIdTrainSettings(GroupLayout):
@@ -54,5 +55,17 @@ class MultiIdTrainSettings(GroupLayout):
     temperature: float = Field(0.07, gt=0.0)
     low_noise_fraction: float = Field(0.6, gt=0.0, le=1.0, description="ID losses for t<=f*T")
     learning_rate: float = Field(1e-4, gt=0.0)
+    region_masks: bool = Field(True, description="False: no-mask ablation (attend everywhere)")
+    face_counts: list[int] | None = Field(
+        None, description="faces per canvas cycled per step (e.g. [2, 3, 4]); None: K fixed"
+    )
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _check_counts(self):
+        if self.face_counts is not None and (
+            not self.face_counts or not all(1 <= k <= 8 for k in self.face_counts)
+        ):
+            raise ValueError(f"face_counts must be 1..8 faces each, got {self.face_counts}")
+        return self
