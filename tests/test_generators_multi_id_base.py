@@ -172,3 +172,44 @@ def test_cli_train_multi_id_base_runs_and_explains_itself(tiny_idiff, tmp_path, 
     with pytest.raises(SystemExit) as done:
         main(["generator", "train-multi-id-base", "--help"])
     assert done.value.code == 0 and "group canvases" in capsys.readouterr().out
+
+
+def test_adapter_from_idiff_face_reproduces_its_identity_cross_attention_in_a_box(
+    tiny_idiff, tmp_path
+):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
+    from facefoundry.generators.multi_id.base import (
+        base_unet_from_idiff_face,
+        idiff_face_schedule,
+        write_base_folder,
+    )
+    from facefoundry.generators.multi_id.fit import init_model_folder
+    from facefoundry.generators.multi_id.model import load_model
+
+    base = write_base_folder(
+        tmp_path / "base",
+        base_unet_from_idiff_face(tiny_idiff, 16),
+        idiff_face_schedule(tiny_idiff),
+    )
+    folder = init_model_folder(tmp_path / "m", base, id_dim=12, tokens=2, identity_from=tiny_idiff)
+    unet, adapter, _, _ = load_model(folder)
+    assert adapter.tokenizer.hidden == 0  # linear, as IDiff-Face's context projection
+    conditioner = IDiffFaceModel.from_pretrained(tiny_idiff).conditioner
+    identity = torch.nn.functional.normalize(torch.randn(1, 1, 12), dim=-1)
+    whole = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])
+    for name in adapter.layer_names:
+        attn = unet.get_submodule(name)
+        hidden = torch.randn(1, 16, attn.to_q.in_features)  # a 4 x 4 layer of a 16 px input
+        with torch.no_grad(), adapter.condition(identity, whole, (16, 16)):
+            routed = attn(hidden, encoder_hidden_states=torch.zeros(1, 1, 8))
+        context = conditioner.to_context(identity[0]).view(1, 2, 8)
+        processor = attn.processor
+        attn.set_processor(AttnProcessor2_0())
+        with torch.no_grad():
+            plain = attn(hidden, encoder_hidden_states=context)
+        attn.set_processor(processor)
+        assert torch.allclose(routed, plain, atol=1e-5), name
+    with pytest.raises(ValueError, match="cannot take IDiff-Face's identity path"):
+        init_model_folder(tmp_path / "bad", base, id_dim=12, tokens=3, identity_from=tiny_idiff)

@@ -140,6 +140,8 @@ def cmd_generator_init_multi_id(args: argparse.Namespace) -> int:
         existing_dir(args.unet, "--unet folder", "give a diffusers UNet or pipeline folder")
     if args.vae:
         existing_dir(args.vae, "--vae folder")
+    if args.identity_from:
+        existing_dir(args.identity_from, "--identity-from folder", "e.g. models/idiff-face-lfw")
     from facefoundry.generators.multi_id.fit import init_model_folder
 
     out = init_model_folder(
@@ -151,6 +153,7 @@ def cmd_generator_init_multi_id(args: argparse.Namespace) -> int:
         prediction_type=args.prediction,
         tiny_size=args.size,
         seed=args.seed,
+        identity_from=args.identity_from,
     )
     print(json.dumps({"model": str(out)}))
     return 0
@@ -418,6 +421,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--size", type=int, default=32, choices=[32, 64], help="image size of --unet tiny"
     )
     init_multi.add_argument("--seed", type=int, default=0)
+    init_multi.add_argument(
+        "--identity-from",
+        default=None,
+        metavar="IDIFF_FACE_DIR",
+        help="start the adapter from this IDiff-Face model's identity path (its context "
+        "projection and cross-attention weights; for a base made by train-multi-id-base "
+        "from it) instead of a zero output",
+    )
     init_multi.set_defaults(func=cmd_generator_init_multi_id)
 
     train_multi = actions.add_parser(

@@ -66,6 +66,40 @@ def base_unet_from_idiff_face(folder: str | Path, canvas: int = 64):
     return base.eval()
 
 
+def adapter_from_idiff_face(adapter, unet, folder: str | Path) -> None:
+    """Start the identity adapter from the identity path the base already learned.
+
+    The base is IDiff-Face's UNet, whose cross-attention layers were trained to read
+    identity context tokens ``to_context(embedding)``. The adapter's tokenizer (which must
+    be linear: ``hidden=0``) gets that projection, and each identity processor the key,
+    value and output weights of its layer (output bias zero: the layer's own text term,
+    which sees the null prompt, already adds it). Inside a box the layer then computes
+    exactly IDiff-Face's identity cross-attention for that box's identity; training goes
+    on from there instead of from a zero output.
+    """
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
+
+    model = IDiffFaceModel.from_pretrained(folder)
+    config, tokenizer = model.config, adapter.tokenizer
+    expected = (0, config.id_dim, config.context_tokens, config.context_dim)
+    found = (tokenizer.hidden, tokenizer.id_dim, tokenizer.num_tokens, tokenizer.token_dim)
+    if found != expected:
+        raise ValueError(
+            f"the adapter's tokenizer (hidden, id_dim, tokens, token_dim) = {found} cannot "
+            f"take IDiff-Face's identity path {expected}: init with --tokens "
+            f"{config.context_tokens} --id-dim {config.id_dim} and a linear tokenizer"
+        )
+    with torch.no_grad():
+        tokenizer.mlp[0].weight.copy_(model.conditioner.to_context.weight)
+        tokenizer.mlp[0].bias.copy_(model.conditioner.to_context.bias)
+        for name in adapter.layer_names:
+            attn, processor = unet.get_submodule(name), adapter.processor(name)
+            processor.to_k_id.weight.copy_(attn.to_k.weight)
+            processor.to_v_id.weight.copy_(attn.to_v.weight)
+            processor.to_out_id.weight.copy_(attn.to_out[0].weight)
+            processor.to_out_id.bias.zero_()
+
+
 def idiff_face_schedule(folder: str | Path):
     """The DDPM training schedule of an IDiff-Face model folder (betas, prediction type)."""
     from diffusers import DDPMScheduler
@@ -185,6 +219,7 @@ def fit_base(
 
 
 __all__ = [
+    "adapter_from_idiff_face",
     "base_unet_from_idiff_face",
     "diffusion_loss",
     "fit_base",

@@ -68,13 +68,16 @@ def init_model_folder(
     prediction_type: str | None = None,
     tiny_size: int = 32,
     seed: int = 0,
+    identity_from: str | Path | None = None,
 ) -> Path:
     """Write a model folder with a fresh adapter (zero output: the base model unchanged).
 
     ``unet``: "tiny", a diffusers UNet folder, or a pipeline folder holding ``unet/``
     (whose ``vae/`` and ``scheduler/`` are then used unless ``vae`` is given).
     ``prediction_type``: "epsilon" or "v_prediction"; default: the pipeline's schedule,
-    else epsilon.
+    else epsilon. ``identity_from``: an IDiff-Face model folder (the one the base was
+    made from) whose identity path the adapter starts from (``base.adapter_from_idiff_face``;
+    the tokenizer is then linear), instead of a zero output.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
@@ -102,7 +105,15 @@ def init_model_folder(
             + (f"the VAE makes {expected}" if autoencoder else "pixel images have 3 (give --vae)")
         )
     torch.manual_seed(seed + 1)
-    adapter = install_identity_adapter(model, id_dim, num_tokens=tokens)
+    tokenizer = None
+    if identity_from is not None:
+        from facefoundry.generators.multi_id.base import adapter_from_idiff_face
+        from facefoundry.generators.multi_id.identity_tokens import IdentityTokenizer
+
+        tokenizer = IdentityTokenizer(id_dim, model.config.cross_attention_dim, tokens, hidden=0)
+    adapter = install_identity_adapter(model, id_dim, num_tokens=tokens, tokenizer=tokenizer)
+    if identity_from is not None:
+        adapter_from_idiff_face(adapter, model, identity_from)
     if schedule is not None:
         overrides = {"prediction_type": prediction_type} if prediction_type else {}
         scheduler = DDPMScheduler.from_pretrained(schedule, **overrides)

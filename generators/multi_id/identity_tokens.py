@@ -11,17 +11,26 @@ from torch import nn
 
 
 class IdentityTokenizer(nn.Module):
-    """MLP: (..., id_dim) unit embeddings -> (..., num_tokens, token_dim) tokens."""
+    """MLP: (..., id_dim) unit embeddings -> (..., num_tokens, token_dim) tokens.
+
+    ``hidden=0``: one linear layer and no norm, the form of IDiff-Face's context projection,
+    so an adapter can start from a trained IDiff-Face identity path exactly
+    (``multi_id.base.adapter_from_idiff_face``).
+    """
 
     def __init__(self, id_dim: int, token_dim: int, num_tokens: int = 8, hidden: int | None = None):
         super().__init__()
-        hidden = hidden or max(token_dim * 2, id_dim)
+        hidden = max(token_dim * 2, id_dim) if hidden is None else hidden
         self.id_dim, self.token_dim, self.num_tokens = id_dim, token_dim, num_tokens
         self.hidden = hidden
-        self.mlp = nn.Sequential(
-            nn.Linear(id_dim, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * token_dim)
-        )
-        self.norm = nn.LayerNorm(token_dim)
+        if hidden == 0:
+            self.mlp = nn.Sequential(nn.Linear(id_dim, num_tokens * token_dim))
+            self.norm = nn.Identity()
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(id_dim, hidden), nn.GELU(), nn.Linear(hidden, num_tokens * token_dim)
+            )
+            self.norm = nn.LayerNorm(token_dim)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         if embeddings.shape[-1] != self.id_dim:
