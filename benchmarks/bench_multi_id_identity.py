@@ -34,6 +34,7 @@ Last line: one JSON object (also written to benchmarks/results/multi_id_identity
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -53,17 +54,12 @@ def devtest_people() -> list[tuple[str, int]]:
 
 def aligned_photos(people: list[str]) -> np.ndarray:
     """(P, 3, 112, 112, 3) aligned photos 1..3 of each person (YuNet, largest face)."""
-    from facefoundry.evaluation.lfw import Lfw, image_name
-    from facefoundry.faces import align_face, decode_image, get_detector, select_face
+    from bench_id_booth import aligned
 
-    lfw, detector = Lfw(), get_detector("yunet")
+    from facefoundry.evaluation.lfw import image_name
+
     names = [image_name(p, n) for p in people for n in (1, 2, 3)]
-    out = []
-    for name, data in lfw.read_many(names):
-        image = decode_image(data, name)
-        face = select_face(detector.detect(image), image.shape, "largest")
-        out.append(align_face(image, face.landmarks))
-    return np.stack(out).reshape(len(people), 3, 112, 112, 3)
+    return aligned(names).reshape(len(people), 3, 112, 112, 3)
 
 
 def plan(layouts: int, pool: int, repeat: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -93,12 +89,19 @@ def pasted(photos: np.ndarray, people: np.ndarray, boxes: np.ndarray) -> np.ndar
     return ((canvas + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
+@functools.cache
+def face_models():
+    """YuNet, SFace and dlib, loaded once per process."""
+    from facefoundry.faces import get_detector, get_embedder
+
+    return get_detector("yunet"), get_embedder("sface"), get_embedder("dlib")
+
+
 def judge(canvases, layouts, conditions, dlib_t, dlib_r, seconds) -> dict:
     """Crop back every canvas and score its faces (see the module docstring)."""
-    from facefoundry.faces import get_detector, get_embedder
     from facefoundry.generators.multi_id.generate import crop_back
 
-    detector, sface, dlib = get_detector("yunet"), get_embedder("sface"), get_embedder("dlib")
+    detector, sface, dlib = face_models()
     started = time.perf_counter()
     faces, owner, slot_people, slots = [], [], [], 0
     for canvas, (people, boxes) in zip(canvases, layouts, strict=True):
@@ -178,14 +181,13 @@ def main() -> None:
     layouts_n = args.layouts or (12 if args.quick else 50)
     steps = args.steps or (10 if args.quick else 25)
 
-    from facefoundry.faces import get_embedder
     from facefoundry.generators.multi_id.generate import sample_groups
     from facefoundry.generators.multi_id.model import load_model, make_sampler
 
     started = time.perf_counter()
     people = devtest_people()
     photos = aligned_photos([name for name, _ in people])
-    sface, dlib = get_embedder("sface"), get_embedder("dlib")
+    _, sface, dlib = face_models()
     conditions = sface.embed_aligned(photos[:, 0]).astype(np.float32)
     conditions /= np.linalg.norm(conditions, axis=1, keepdims=True)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731

@@ -183,7 +183,7 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
         "learning_rate": args.lr,
         "device": args.device,
     }
-    fields.update({k: v for k, v in boxes_from(args).items() if v is not None})
+    fields.update(boxes_from(args))
     if args.identity_model == "sface":
         from facefoundry.generators.id_booth.identity_loss import SFaceIdentity
 
@@ -198,18 +198,18 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
         )
         network = torch.nn.Identity()
         fields.update(id_loss_weight=0.0, infonce_weight=0.0)
-    negatives = None
+    from facefoundry.generators.training_data import FaceTrainingSet
+
+    data, negatives = FaceTrainingSet.load(args.data), None  # loaded once, for both uses
     if args.person_negatives:
         import numpy as np
 
         from facefoundry.generators.idiff_face.train import person_centroids
-        from facefoundry.generators.training_data import FaceTrainingSet
 
-        data = FaceTrainingSet.load(args.data)
         negatives = person_centroids(torch.from_numpy(data.embeddings), np.asarray(data.labels))
     model = fit_adapter(
         args.model,
-        args.data,
+        data,
         args.out,
         network,
         negatives=negatives,
@@ -225,7 +225,9 @@ def cmd_generator_train_multi_id(args: argparse.Namespace) -> int:
 
 
 def boxes_from(args: argparse.Namespace) -> dict:
-    return {"box_min": args.box_min, "box_max": args.box_max, "box_margin": args.box_margin}
+    """The box sizes given on the command line (unset ones keep the trainer's defaults)."""
+    given = {"box_min": args.box_min, "box_max": args.box_max, "box_margin": args.box_margin}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def face_counts(text: str) -> list[int]:
@@ -248,7 +250,6 @@ def cmd_generator_train_multi_id_base(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    boxes = {k: v for k, v in boxes_from(args).items() if v is not None}
     base = fit_base(
         args.idiff_face,
         args.data,
@@ -260,7 +261,7 @@ def cmd_generator_train_multi_id_base(args: argparse.Namespace) -> int:
         canvas=args.canvas,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
-        **boxes,
+        **boxes_from(args),
     )
     print(json.dumps({"base": str(base), "history": str(Path(args.out) / "history.json")}))
     return 0
