@@ -132,6 +132,13 @@ def decide(
     )
 
 
+def candidate_pool(settings) -> int:
+    """How many identities the identities stage draws: the count, or the probe's pool."""
+    if settings.probe is None:
+        return settings.count
+    return max(settings.count, math.ceil(settings.count * settings.probe.candidates))
+
+
 def realise_identities(folder: str | Path, recipe, space) -> dict:
     """The identities stage with probing: candidates -> probes -> kept identities.
 
@@ -147,7 +154,7 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     settings = recipe.identities
     probe = settings.probe
     folder = Path(folder)
-    pool = max(settings.count, math.ceil(settings.count * probe.candidates))
+    pool = candidate_pool(settings)
     prior = space.prior if space.prior is not None and Path(space.prior).is_file() else None
     candidates = make_identities(
         pool,
