@@ -14,6 +14,7 @@ from facefoundry.flows.config import Recipe
 from facefoundry.generators.families import FAMILIES, family_of
 from facefoundry.generators.identities import write_identities
 from facefoundry.generators.settings import IdentitySettings
+from facefoundry.shards.decode import decode_face
 from facefoundry.shards.layout import make_key
 from tests.helpers.generators import adapted, tiny_config
 
@@ -118,6 +119,13 @@ def test_a_chunk_keeps_the_contract_and_is_reproducible(family_case, tmp_path):
     assert accounted(tmp_path / "a", rows) == set(ids)
     with tarfile.open(tar_path) as tar:
         members = set(tar.getnames())
+        faces = [
+            decode_face(tar.extractfile(member).read())
+            for member in tar.getmembers()
+            if member.name.endswith(".jpg")
+        ]
+    assert all(tuple(face.shape) == (112, 112, 3) for face in faces)  # as shards store them
+    assert faces or name == "multi_id"  # random multi-ID weights draw no face to crop back
     for row in rows:
         assert ROW_COLUMNS <= set(row)
         assert row["generator"] == name

@@ -349,3 +349,25 @@ def test_id_booth_runs_on_a_pixel_idiff_face_base_and_trains_only_lora(tiny_idif
     assert tuned.shape == (2, 16, 16, 3) and not np.array_equal(plain, tuned)
     with pytest.raises(ValueError, match="16 px"):
         encode_prompts(base, ["photo of sks person"], 32)
+
+
+def test_chunk_faces_are_aligned_112_from_face_and_scene_bases():
+    """The chunk contract: a face base's output is resized, a scene's face is found and
+    aligned (a blank scene is resized whole, for the embed stage to reject)."""
+    import cv2
+
+    from facefoundry.evaluation.lfw import Lfw, image_name
+    from facefoundry.faces import decode_image
+    from facefoundry.generators.id_booth.generate import aligned_faces
+
+    small = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    resized = aligned_faces(small, "aligned")
+    assert resized.shape == (2, 112, 112, 3)
+    assert abs(float(resized.mean()) - float(small.mean())) < 3
+    name = image_name("Abel_Pacheco", 1)
+    scene = decode_image(dict(Lfw().read_many([name]))[name], name)  # 250 x 250, face inside
+    faces = aligned_faces(np.stack([scene, np.zeros_like(scene)]), "detect")
+    assert faces.shape == (2, 112, 112, 3)
+    whole = cv2.resize(scene, (112, 112), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(faces[0].astype(int) - whole.astype(int)).mean() > 20  # cut out, not resized
+    assert faces[0].std() > 20 and faces[1].max() == 0  # no face: the blank, resized whole

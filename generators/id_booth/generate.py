@@ -4,8 +4,9 @@ Per identity: reference images (a folder of photos, or IDiff-Face samples of the
 identity's embedding) -> a LoRA fine-tune (reused when its adapter already exists, so a
 resumed run does not train twice) -> ``samples_per_identity`` images from the variation
 prompts. Same output contract as ``generators.idiff_face.generate``: part-NNNNN.tar
-({key}.jpg full image + {key}.json) and part-NNNNN.parquet written last. The embed stage
-detects and aligns the faces.
+({key}.jpg aligned 112 x 112 face + {key}.json) and part-NNNNN.parquet written last
+(``aligned_faces``: a base that draws aligned faces is resized, a scene-drawing base's
+face is found and aligned), since shards store what generation wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +27,27 @@ logger = logging.getLogger(__name__)
 PRIOR_SCHEDULER = "dpmsolver++"
 _BASES: dict = {}
 _LOCK = threading.Lock()
+
+
+def aligned_faces(images: np.ndarray, face_crop: str, size: int = 112) -> np.ndarray:
+    """``size`` x ``size`` template-aligned faces, the chunk contract. ``aligned``: the
+    images already are (a face base at its own resolution), so they are resized;
+    ``detect``: the most central YuNet face of each image is aligned, and an image
+    without one is resized whole, for the embed stage to record as a reject."""
+    import cv2
+
+    from facefoundry.faces import align_face, get_detector, select_face
+
+    detector = get_detector("yunet") if face_crop == "detect" else None
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for row, image in enumerate(images):
+        image = np.ascontiguousarray(image)
+        face = select_face(detector.detect(image), image.shape, "central") if detector else None
+        if face is not None:
+            out[row] = align_face(image, face.landmarks, size)
+        else:
+            out[row] = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+    return out
 
 
 def load_base_once(folder: str, device: str):
@@ -191,6 +213,7 @@ def generate_chunk(
             settings.batch_size,
         )
         drop_lora(base.unet, name)
+        images = aligned_faces(images, booth.face_crop)
         for sample, (prompt, seed, image) in enumerate(zip(prompts, seeds, images, strict=True)):
             row = {
                 "key": make_key(identity, sample),
