@@ -32,7 +32,7 @@ photos, every image through 32 px and back to 112 px like the generated ones:
   of real photo pairs of one person are to each other;
 - ``face_rate``: YuNet finds a face.
 
-Usage: python benchmarks/bench_id_booth.py [--quick] [--people K] [--steps N]
+Usage: python benchmarks/bench_id_booth.py [--quick] [--people K] [--steps N] [--seed S]
 Last line: one JSON object (figures per variant).
 """
 
@@ -50,6 +50,7 @@ from common import REPO, finish, machine
 BASE = REPO / "models" / "idiff-face-lfw"
 TRAIN_PHOTOS = 4
 SAMPLES = 8
+SEED_STRIDE = 7919  # --seed S shifts every noise seed by S x this (S = 0: the first run)
 VARIANTS = ("base", "dreambooth", "id_booth", "idiff_zero_shot")
 
 
@@ -162,6 +163,9 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--prior-count", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="noise of priors, fine-tuning and sampling"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     k = args.people or (5 if args.quick else 20)
@@ -229,7 +233,7 @@ def main() -> None:
     priors = sample_images(
         base,
         [class_prompt] * args.prior_count,
-        [sample_seed(0, i, 0, "prior") for i in range(args.prior_count)],
+        [sample_seed(SEED_STRIDE * args.seed, i, 0, "prior") for i in range(args.prior_count)],
         "",
         args.sample_steps,
         1.0,
@@ -251,7 +255,10 @@ def main() -> None:
 
     sface_np = get_embedder("sface")
     for index, (person, _) in enumerate(people):
-        seeds = [sample_seed(1, index, s, "id_booth-bench") for s in range(SAMPLES)]
+        seeds = [
+            sample_seed(1 + SEED_STRIDE * args.seed, index, s, "id_booth-bench")
+            for s in range(SAMPLES)
+        ]
         instance = train32[train_who == index]
         tick = time.perf_counter()
         images["base"].append(
@@ -261,7 +268,9 @@ def main() -> None:
         for variant, trainer in trainers.items():
             tick = time.perf_counter()
             name = f"{variant}-{index}"
-            result = trainer.fine_tune(name, instance, work / name, seed=index)
+            result = trainer.fine_tune(
+                name, instance, work / name, seed=index + SEED_STRIDE * args.seed
+            )
             histories[variant].append(result.history)
             load_lora(base.unet, name, work / name)
             images[variant].append(
@@ -298,6 +307,7 @@ def main() -> None:
     figures: dict = {
         "machine": machine(),
         "people": k,
+        "seed": args.seed,
         "train_photos": TRAIN_PHOTOS,
         "samples_per_person": SAMPLES,
         "heldout_photos": int(len(held_who)),

@@ -63,6 +63,79 @@ def stage_seconds(run: Path) -> dict:
     return seconds
 
 
+def losses(run: Path) -> dict:
+    """Where requested identities and samples were lost, stage by stage: the probe funnel
+    (no face, duplicate of a realised identity), then the filter's identity and sample
+    rules (duplicate identity, privacy, too few samples; no face, low detection score,
+    low consistency with the identity's centroid)."""
+    identities = json.loads((run / "identities" / "_SUCCESS.json").read_text())
+    funnel = json.loads((run / "filter" / "metrics.json").read_text())["funnel"]
+    probe = identities.get("probe_funnel") or {}
+    steps = {
+        "identities": {s["rule"]: s["removed"] for s in funnel["identities"]["steps"]},
+        "samples": {s["rule"]: s["removed"] for s in funnel["samples"]["steps"]},
+    }
+    return {
+        "probe": {
+            k: probe[k] for k in ("probed", "no_face", "duplicate", "realised") if k in probe
+        },
+        "filter_identities": {"input": funnel["identities"]["input"], **steps["identities"]},
+        "filter_samples": {"input": funnel["samples"]["input"], **steps["samples"]},
+    }
+
+
+def shard_faces(shards: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every training face (112 px, uint8) of a shard set and its label."""
+    from facefoundry.shards import IndexedShards
+
+    dataset = IndexedShards(shards / "train.index.json")
+    items = [dataset[i] for i in range(len(dataset))]
+    return np.stack([image.numpy() for image, _ in items]), np.array([int(y) for _, y in items])
+
+
+def real_judge(run: Path, judge_spec: str) -> dict:
+    """The judge's gap and EER on the real twin: the photos its shards hold (each
+    sample's ``metadata.source``), at 112 px, from the cached LFW embeddings."""
+    from facefoundry.evaluation.generator_quality import separation
+    from facefoundry.evaluation.leakage import real_people_embeddings
+    from facefoundry.shards import IndexedShards
+
+    dataset = IndexedShards(run / "compare" / "real" / "shards" / "train.index.json", decode=False)
+    people, vectors = real_people_embeddings("peopleDevTrain.txt", judge_spec, progress=False)
+    people = np.asarray(people)
+    rows, labels = [], []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        source = json.loads(sample["json"])["metadata"]["source"]  # Person/Person_0003.jpg
+        person, number = source.split("/")[0], int(Path(source).stem[-4:])
+        rows.append(int(np.flatnonzero(people == person)[number - 1]))
+        labels.append(int(sample["cls"]))
+    chosen, labels = vectors[rows], np.array(labels)
+    usable = np.isfinite(chosen).all(axis=1)
+    figures = separation(chosen[usable], labels[usable])
+    return {"gap": round(figures["gap"], 4), "eer": round(figures["eer"], 4), "images": len(rows)}
+
+
+def set_figures(run: Path, judge_spec: str, size: int = 32) -> dict:
+    """The kept synthetic set against its real twin (the compare stage's real shards):
+    the judge on the twin (the synthetic side's figures are the filter's, judge_gap and
+    judge_eer) and identity-free variety (pose, illumination, pixel spread; synthetic
+    over real, the real faces shrunk to the generator's ``size``)."""
+    from facefoundry.evaluation.variety import detect_landmarks, reference_variety, variety_report
+
+    synthetic, synthetic_labels = shard_faces(run / "shards")
+    real, real_labels = shard_faces(run / "compare" / "real" / "shards")
+    reference = reference_variety(real, real_labels, size=size, detector="yunet")
+    variety = variety_report(
+        synthetic, synthetic_labels, detect_landmarks(synthetic), reference=reference
+    )
+    keys = ("pose_spread_ratio", "illumination_spread_ratio", "pixel_diversity_ratio")
+    return {
+        "judge_real_112px": real_judge(run, judge_spec),
+        **{key: round(float(variety[key]), 3) for key in keys},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the demo's size (~400 images)")
@@ -124,6 +197,8 @@ def main() -> None:
         "generate_img_per_s": round(samples / generated["seconds"], 3)
         if generated.get("seconds")
         else None,
+        "losses": losses(run),
+        "sets": set_figures(run, recipe.filter.judge_embedder),
         "stage_seconds": stage_seconds(run),
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
