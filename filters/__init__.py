@@ -28,6 +28,8 @@ _EXPORTS = {
     "apply_filters": "decide",
     "DedupResult": "dedup",
     "greedy_dedup": "dedup",
+    "largest_dedup": "dedup",
+    "conflict_pairs": "dedup",
     "read_parts_distributed": "samples",
     "ALL_REASONS": "funnel",
     "IDENTITY_REASONS": "funnel",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facefoundry.filters.dedup import greedy_dedup
+from facefoundry.filters.dedup import greedy_dedup, largest_dedup
 from facefoundry.filters.funnel import (
     DUPLICATE_IDENTITY,
     LOW_CENTROID_COS,
@@ -52,6 +52,7 @@ class Rules:
     tau_priv: float | None = None
     privacy_embedder: str | None = None
     tau_inter: float | None = None
+    dedup: str = "greedy"  # "greedy" (priority order) or "largest" (filters/dedup.py)
 
 
 @dataclass
@@ -163,15 +164,18 @@ def apply_filters(
     if rules.tau_inter is not None:
         live = np.flatnonzero(id_reason == None)  # noqa: E711
         if len(live) > 1:
-            result = greedy_dedup(
-                final[live],
-                rules.tau_inter,
-                priority=pairs[live],
-                block=block,
-                backend=backend,
-                screen=screen,
-                progress=progress,
-            )
+            if rules.dedup == "largest":
+                result = largest_dedup(final[live], rules.tau_inter, pairs[live], block=block)
+            else:
+                result = greedy_dedup(
+                    final[live],
+                    rules.tau_inter,
+                    priority=pairs[live],
+                    block=block,
+                    backend=backend,
+                    screen=screen,
+                    progress=progress,
+                )
             merged = live[~result.kept]
             duplicate_of[merged] = live[result.partner[~result.kept]]
             duplicate_cos[merged] = result.partner_cos[~result.kept]

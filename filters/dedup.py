@@ -98,3 +98,94 @@ def greedy_dedup(
     bar.close()
     logger.info("de-duplication at cos > %.4f: kept %d of %d identities", tau, kept.sum(), n)
     return DedupResult(kept, partner, partner_cos)
+
+
+def conflict_pairs(
+    centroids: np.ndarray, tau: float, *, block: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` whose centroids' cosine exceeds ``tau``: (i, j, cosine).
+
+    Exact float32 products in ``block x block`` tiles (N^2/2 dot products, memory
+    O(B^2) plus the pairs): the conflict graph is sparse wherever de-duplication is
+    meaningful, so the pairs are kept, not the matrix."""
+    centroids = _check(centroids, "centroids")
+    n = len(centroids)
+    first, second, cosines = [], [], []
+    for row in range(0, n, block):
+        queries = centroids[row : row + block]
+        for col in range(row, n, block):
+            tile = queries @ centroids[col : col + block].T
+            i, j = np.nonzero(tile > tau)
+            i, j = i + row, j + col
+            upper = j > i
+            first.append(i[upper])
+            second.append(j[upper])
+            cosines.append(tile[i[upper] - row, j[upper] - col])
+    if not first:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    return (
+        np.concatenate(first).astype(np.int64),
+        np.concatenate(second).astype(np.int64),
+        np.concatenate(cosines).astype(np.float32),
+    )
+
+
+def largest_dedup(
+    centroids: np.ndarray,
+    tau: float,
+    priority: np.ndarray | None = None,
+    *,
+    block: int = 2048,
+) -> DedupResult:
+    """Keep as many identities as the rule allows: centroids pairwise at cosine <= ``tau``.
+
+    The same rule as ``greedy_dedup``, another choice of survivors. A greedy pass in
+    priority order drops every identity that collides with an earlier one, so one
+    identity near many others can cost all of them; here the identity with the fewest
+    remaining collisions is kept first (ties: higher ``priority``), its colliding
+    neighbours are dropped and the counts updated (the minimum-degree heuristic for a
+    maximum independent set of the conflict graph). Every dropped identity has a kept
+    partner above ``tau``, as in the greedy pass."""
+    import heapq
+
+    centroids = _check(centroids, "centroids")
+    n = len(centroids)
+    first, second, cosines = conflict_pairs(centroids, tau, block=block)
+    ends = np.concatenate([first, second])
+    others = np.concatenate([second, first])
+    pair_cos = np.concatenate([cosines, cosines])
+    order = np.argsort(ends, kind="stable")
+    ends, others, pair_cos = ends[order], others[order], pair_cos[order]
+    starts = np.searchsorted(ends, np.arange(n + 1))
+    neighbours = [others[starts[v] : starts[v + 1]] for v in range(n)]
+    degree = np.diff(starts).astype(np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    rank[priority_order(priority, n)] = np.arange(n)
+    heap = [(int(degree[v]), int(rank[v]), v) for v in range(n)]
+    heapq.heapify(heap)
+    alive = np.ones(n, dtype=bool)
+    kept = np.zeros(n, dtype=bool)
+    while heap:
+        count, _, v = heapq.heappop(heap)
+        if not alive[v] or count != degree[v]:
+            continue  # dropped already, or a stale count
+        kept[v], alive[v] = True, False
+        for u in neighbours[v]:
+            if alive[u]:
+                alive[u] = False
+                for w in neighbours[u]:
+                    if alive[w]:
+                        degree[w] -= 1
+                        heapq.heappush(heap, (int(degree[w]), int(rank[w]), int(w)))
+    partner = np.full(n, -1, dtype=np.int64)
+    partner_cos = np.full(n, np.nan, dtype=np.float32)
+    for v in np.flatnonzero(~kept):
+        span = slice(starts[v], starts[v + 1])
+        with_kept = kept[others[span]]
+        best = np.argmax(np.where(with_kept, pair_cos[span], -np.inf))
+        partner[v], partner_cos[v] = others[span][best], pair_cos[span][best]
+    logger.info(
+        "de-duplication at cos > %.4f (largest set): kept %d of %d identities", tau, kept.sum(), n
+    )
+    return DedupResult(kept, partner, partner_cos)

@@ -63,7 +63,9 @@ class FilterSettings(BaseModel):
     cosine to the identity centroid below ``min_centroid_cos``, the lowest
     ``centroid_quantile`` of each identity; identity rules: fewer than
     ``min_samples`` samples, privacy (``tau_priv`` to the reference set),
-    de-duplication (``tau_inter`` between centroids).
+    de-duplication (``tau_inter`` between centroids; ``dedup`` chooses the survivors:
+    ``largest`` keeps the most identities the rule allows, ``greedy`` the most
+    consistent first).
 
     Privacy reference: ``reference`` (a path), else by default the generator's own
     training people when its model folder records them (``training_set.yaml``, e.g. LFW
@@ -116,6 +118,11 @@ class FilterSettings(BaseModel):
     tau_inter: Threshold | None = Field(
         default_factory=lambda: Threshold(fmr=1e-4),
         description="merge away identities whose centroids exceed this to a kept identity",
+    )
+    dedup: Literal["largest", "greedy"] = Field(
+        "largest",
+        description="which identities survive tau_inter: largest (the most the rule allows, "
+        "fewest collisions first) or greedy (most consistent first)",
     )
 
     # calibration, search, metrics

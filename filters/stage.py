@@ -84,6 +84,7 @@ def resolve_rules(
         tau_priv=resolved["tau_priv"].cos if "tau_priv" in resolved else None,
         privacy_embedder=private,
         tau_inter=resolved["tau_inter"].cos if "tau_inter" in resolved else None,
+        dedup=settings.dedup,
     )
     return rules, resolved
 
@@ -368,6 +369,7 @@ def run_filter(
             "min_det_score": rules.min_det_score,
             "centroid_quantile": rules.centroid_quantile,
             "min_samples": rules.min_samples,
+            "dedup": rules.dedup,
             "privacy": privacy_note,
         },
         **({"privacy_reference": training} if training else {}),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facefoundry.filters import neighbours
-from facefoundry.filters.dedup import greedy_dedup, priority_order
+from facefoundry.filters.dedup import conflict_pairs, greedy_dedup, largest_dedup, priority_order
 from facefoundry.filters.neighbours import (
     choose_backend,
     faiss_available,
@@ -81,6 +81,66 @@ def test_more_consistent_identity_is_kept():
         assert result.kept[preferred] and not result.kept[other]
         assert result.partner[other] == preferred
         assert result.partner_cos[other] == pytest.approx(0.9, abs=1e-5)
+
+
+def star(leaves: int = 3, dim: int = 64) -> np.ndarray:
+    """A hub identity colliding with ``leaves`` orthogonal ones (cos 1/sqrt(k) each)."""
+    spokes = np.eye(dim, dtype=np.float32)[:leaves]
+    hub = unit(spokes.sum(axis=0, keepdims=True))
+    return np.concatenate([hub, spokes])
+
+
+def test_largest_keeps_the_leaves_where_greedy_keeps_the_hub():
+    vectors = star(3)  # hub ~ each leaf at 0.58, leaves 0 apart
+    priority = np.array([1.0, 0.5, 0.5, 0.5])  # the hub is the most consistent
+    greedy = greedy_dedup(vectors, 0.5, priority, backend="torch")
+    assert greedy.kept.tolist() == [True, False, False, False]
+    largest = largest_dedup(vectors, 0.5, priority)
+    assert largest.kept.tolist() == [False, True, True, True]
+    expected = vectors[1:] @ vectors[0]
+    assert largest.partner[0] == 1 + int(np.argmax(expected))
+    assert largest.partner_cos[0] == pytest.approx(expected.max(), abs=1e-5)
+
+
+@pytest.mark.parametrize("block", [64, 300, 5000])
+def test_largest_keeps_a_separated_maximal_set_at_least_as_large_as_greedy(block):
+    rng = np.random.default_rng(11)
+    centres = random_unit(40, 16, seed=1)
+    vectors = unit(centres[rng.integers(0, 40, 1500)] + 0.35 * rng.standard_normal((1500, 16)))
+    priority = rng.random(1500)
+    largest = largest_dedup(vectors, 0.8, priority, block=block)
+    greedy = greedy_dedup(vectors, 0.8, priority, backend="torch")
+    assert largest.kept.sum() > greedy.kept.sum()
+    kept = vectors[largest.kept]
+    inner = kept @ kept.T
+    np.fill_diagonal(inner, -1)
+    assert inner.max() <= 0.8 + 1e-6  # the rule holds among the survivors
+    dropped = np.flatnonzero(~largest.kept)
+    partners = largest.partner[dropped]
+    assert largest.kept[partners].all()  # maximal: every dropped identity has a kept partner
+    cosines = np.einsum("ij,ij->i", vectors[dropped], vectors[partners])
+    assert np.allclose(largest.partner_cos[dropped], cosines, atol=1e-5)
+    assert (cosines > 0.8).all()
+    best = np.where(largest.kept[None, :], vectors[dropped] @ vectors.T, -np.inf).max(axis=1)
+    assert np.allclose(cosines, best, atol=1e-5)  # the most similar kept identity
+    reference = largest_dedup(vectors, 0.8, priority, block=64)
+    assert np.array_equal(largest.kept, reference.kept)  # blocks change nothing
+
+
+def test_conflict_pairs_match_brute_force():
+    vectors = unit(random_unit(5, 8, seed=2)[np.arange(300) % 5] + 0.4 * random_unit(300, 8, 3))
+    first, second, cosines = conflict_pairs(vectors, 0.7, block=64)
+    similarity = vectors @ vectors.T
+    i, j = np.nonzero(np.triu(similarity > 0.7, k=1))
+    found = sorted(zip(first.tolist(), second.tolist(), strict=True))
+    assert found == sorted(zip(i.tolist(), j.tolist(), strict=True))
+    assert np.allclose(cosines, similarity[first, second], atol=1e-6)
+
+
+def test_largest_without_collisions_keeps_everyone():
+    vectors = random_unit(50, 256, seed=4)  # random 256-d: |cos| < 0.35
+    result = largest_dedup(vectors, 0.5)
+    assert result.kept.all() and (result.partner == -1).all()
 
 
 def test_nan_priority_goes_last_and_ties_keep_row_order():

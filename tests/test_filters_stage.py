@@ -146,6 +146,34 @@ def test_run_filter_records_every_decision_and_the_funnel_adds_up(tmp_path):
     assert metrics["thresholds"]["tau_inter"]["cos"] == 0.5
 
 
+def test_dedup_setting_chooses_the_survivors_of_the_same_rule(tmp_path):
+    """A hub identity near three others: greedy (the hub is the most consistent) keeps
+    the hub, largest keeps the three; both leave centroids pairwise below tau_inter."""
+    centres = random_unit(8, DIM, seed=1)
+    leaves = centres[1:4]
+    centres[0] = (leaves.sum(axis=0) + 0.2 * centres[0]) / np.linalg.norm(
+        leaves.sum(axis=0) + 0.2 * centres[0]
+    )  # cos ~0.57 to each leaf
+    vectors, groups = identity_samples(centres, PER, 0.02, seed=3)
+    vectors[groups == 0] = identity_samples(centres[:1], PER, 0.005, seed=6)[0]  # tightest
+    dlib, _ = identity_samples(random_unit(8, DIM, seed=4), PER, 0.02, seed=5)
+    run = tmp_path / "run"
+    keys = [f"id{g:03d}-{i % PER}" for i, g in enumerate(groups)]
+    write_embed_part(
+        run / "embed" / "part-00000.parquet", keys, groups, {"sface": vectors, "dlib": dlib}
+    )
+    kept = {}
+    for dedup in ("greedy", "largest"):
+        settings = FilterSettings(**{**SETTINGS, "centroid_quantile": 0.0, "dedup": dedup})
+        out = run_filter(run, tmp_path / dedup, settings)
+        rows = pq.read_table(out / "identities.parquet").to_pylist()
+        kept[dedup] = {r["identity"] for r in rows if r["kept"]}
+        assert json.loads((out / "metrics.json").read_text())["rules"]["dedup"] == dedup
+    assert kept["greedy"] == {0, 4, 5, 6, 7}
+    assert kept["largest"] == {1, 2, 3, 4, 5, 6, 7}
+    assert FilterSettings().dedup == "largest"
+
+
 def test_fmr_thresholds_resolve_through_a_calibration_file(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEFOUNDRY_CACHE_DIR", str(tmp_path / "cache"))
     run, *_ = _run_dir(tmp_path)
