@@ -243,12 +243,12 @@ def make_identities(
     return IdentityTable(ids, embeddings, seed * 1_000_003 + ids, method, embedder)
 
 
-def write_identities(path: str | Path, settings, seed: int, space) -> int:
-    """The identities stage: draw ``settings.count`` identities in the generator's
-    identity space (``generators.families.IdentitySpace``) and save them to ``path``."""
+def draw_identities(settings, seed: int, space, n: int | None = None) -> IdentityTable:
+    """``n`` identities (default ``settings.count``) by the settings' method in the
+    generator's identity space (``generators.families.IdentitySpace``)."""
     prior = space.prior if space.prior is not None and Path(space.prior).is_file() else None
-    table = make_identities(
-        settings.count,
+    return make_identities(
+        n or settings.count,
         space.dim,
         seed,
         settings.method,
@@ -257,5 +257,11 @@ def write_identities(path: str | Path, settings, seed: int, space) -> int:
         prior=prior,
         spread=settings.spread,
     )
+
+
+def write_identities(path: str | Path, settings, seed: int, space) -> int:
+    """The identities stage without probing: draw ``settings.count`` identities and save
+    them to ``path``."""
+    table = draw_identities(settings, seed, space)
     table.save(path)
     return len(table)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from facefoundry.errors import FacefoundryError, UsageError
-from facefoundry.generators.identities import IdentityTable, make_identities
+from facefoundry.generators.identities import IdentityTable, draw_identities
 
 logger = logging.getLogger(__name__)
 
@@ -155,17 +155,7 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     probe = settings.probe
     folder = Path(folder)
     pool = candidate_pool(settings)
-    prior = space.prior if space.prior is not None and Path(space.prior).is_file() else None
-    candidates = make_identities(
-        pool,
-        space.dim,
-        recipe.seed,
-        settings.method,
-        settings.tau,
-        space.embedder,
-        prior,
-        spread=settings.spread,
-    )
+    candidates = draw_identities(settings, recipe.seed, space, pool)
     candidates_path = candidates.save(folder / "candidates.parquet")
     embedder = recipe.filter.embedder
     same_space = embedder_name(space.embedder or "") == embedder_name(embedder)

@@ -3,7 +3,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facefoundry.generators.identities import IdentityTable, make_identities, sample_separated
+from facefoundry.generators.identities import (
+    IdentityTable,
+    draw_identities,
+    make_identities,
+    sample_separated,
+)
 from facefoundry.generators.seeds import sample_seed
 
 
@@ -104,16 +109,7 @@ def test_shipped_recipes_can_draw_their_identity_pool(path):
     space = family_of(recipe.generate).load().identity_space(recipe.generate)
     settings = recipe.identities
     pool = candidate_pool(settings)
-    prior = space.prior if space.prior is not None and Path(space.prior).is_file() else None
-    table = make_identities(
-        pool,
-        space.dim,
-        recipe.seed,
-        settings.method,
-        settings.tau,
-        prior=prior,
-        spread=settings.spread,
-    )
+    table = draw_identities(settings, recipe.seed, space, pool)
     assert len(table.ids) == pool
     if settings.method in ("separated", "fitted"):
         sims = table.embeddings @ table.embeddings.T
