@@ -64,8 +64,8 @@ class FilterSettings(BaseModel):
     ``centroid_quantile`` of each identity; identity rules: fewer than
     ``min_samples`` samples, privacy (``tau_priv`` to the reference set),
     de-duplication (``tau_inter`` between centroids; ``dedup`` chooses the survivors:
-    ``largest`` keeps the most identities the rule allows, ``greedy`` the most
-    consistent first).
+    ``greedy`` the most consistent first, ``largest`` the most identities the rule
+    allows).
 
     Privacy reference: ``reference`` (a path), else by default the generator's own
     training people when its model folder records them (``training_set.yaml``, e.g. LFW
@@ -119,10 +119,10 @@ class FilterSettings(BaseModel):
         default_factory=lambda: Threshold(fmr=1e-4),
         description="merge away identities whose centroids exceed this to a kept identity",
     )
-    dedup: Literal["largest", "greedy"] = Field(
-        "largest",
-        description="which identities survive tau_inter: largest (the most the rule allows, "
-        "fewest collisions first) or greedy (most consistent first)",
+    dedup: Literal["greedy", "largest"] = Field(
+        "greedy",
+        description="which identities survive tau_inter: greedy (most consistent first) or "
+        "largest (the most the rule allows, fewest collisions first)",
     )
 
     # calibration, search, metrics
