@@ -195,15 +195,21 @@ def test_a_few_steps_on_four_real_identities_lower_the_loss(lfw_shards, tmp_path
     batches = list(trainer.batches(0))
     images, labels = batches[0]
     assert images.shape == (8, 3, 112, 112) and images.min() >= -1 and images.max() <= 1
-    trainer.head.eval()
-    with torch.no_grad():
-        before = float(trainer.head(trainer.backbone.eval()(images), labels))
+
+    def loss() -> float:
+        # batch statistics: after 24 steps BatchNorm's running averages (momentum 0.1)
+        # still carry their initial values, so an eval-mode loss here measured the CPU's
+        # rounding path (it rose on an Intel AVX-512 machine while training worked)
+        trainer.backbone.train()
+        trainer.head.eval()
+        with torch.no_grad():
+            return float(trainer.head(trainer.backbone(images), labels))
+
+    before = loss()
     for _ in range(6):
         for x, y in batches:
             trainer.train_step(x, y)
-    with torch.no_grad():
-        after = float(trainer.head(trainer.backbone.eval()(images), labels))
-    assert after < 0.7 * before
+    assert loss() < 0.3 * before  # measured: 6.74 -> 0.68
 
 
 def test_resume_gives_an_identical_next_step(lfw_shards, tmp_path):
