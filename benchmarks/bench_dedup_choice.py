@@ -31,8 +31,8 @@ def filter_with(table, settings, dedup: str) -> dict:
 
     rules, _ = resolve_rules(settings.model_copy(update={"dedup": dedup}), table.checksums)
     result = apply_filters(table, rules)
-    kept_ids = [i for i, r in enumerate(result.identities.reason) if r is None]
-    return {"result": result, "kept_identities": len(kept_ids), "tau": rules.tau_inter}
+    kept = int(sum(reason is None for reason in result.identities.reason))
+    return {"result": result, "kept_identities": kept, "tau": rules.tau_inter}
 
 
 def separated(table, result, embedder: str, tau: float) -> bool:
@@ -96,11 +96,10 @@ def real_figures(draws: int, people: int = 100, per_person: int = 8) -> dict:
         rng = np.random.default_rng(draw)
         chosen = rng.choice(eligible, size=people, replace=False)
         rows = np.concatenate([np.flatnonzero(names == p)[:per_person] for p in chosen])
-        labels = np.searchsorted(chosen[np.argsort(chosen)], names[rows])
         n = len(rows)
         table = SampleTable(
             keys=np.array([f"{i:07d}" for i in range(n)]),
-            identities=labels,
+            identities=names[rows],  # the table groups by any label
             embeddings={"sface": vectors[rows]},
             status=np.array(["ok"] * n),
             n_faces=np.ones(n, dtype=np.int64),

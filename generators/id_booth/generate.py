@@ -36,9 +36,10 @@ def aligned_faces(images: np.ndarray, face_crop: str, size: int = 112) -> np.nda
     without one is resized whole, for the embed stage to record as a reject."""
     import cv2
 
-    from facefoundry.faces import align_face, get_detector, select_face
+    from facefoundry.faces import align_face, select_face
+    from facefoundry.faces.embed_stage import worker_models
 
-    detector = get_detector("yunet") if face_crop == "detect" else None
+    detector = worker_models("yunet", [])[0] if face_crop == "detect" else None  # once a process
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for row, image in enumerate(images):
         image = np.ascontiguousarray(image)
