@@ -401,6 +401,8 @@ SHOWN = (
     "face_rate",
     "condition_cos",
     "identities_survived",
+    "identity_dimensions",
+    "condition_dimensions",
     "judge_gap",
     "judge_eer",
     "pose_spread_ratio",

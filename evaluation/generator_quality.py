@@ -10,6 +10,9 @@ condition each was drawn for) gives the figures the generator issue is judged on
   calibrated SFace thresholds: samples, then centroid de-duplication at FMR 1e-4);
 - ``judge_gap`` / ``judge_eer``: genuine-minus-impostor cosine and EER of the judge
   (dlib: a model the generator never saw) over every pair of detected faces;
+- ``identity_dimensions``: the participation ratio of the identities' centroids (filter
+  embedder), how many directions the identities really spread over; compare it with the
+  conditions' (``condition_dimensions``) and with real people's at the same count;
 - variety without an identity model (``evaluation.variety``): head-pose and illumination
   spread inside an identity, as a ratio to real faces at the same resolution.
 
@@ -153,6 +156,43 @@ def judge_figures(faces: EmbeddedFaces, judge: str = JUDGE_EMBEDDER) -> dict:
     return {f"judge_{key}": value for key, value in figures.items() if "pairs" not in key}
 
 
+def participation_ratio(points: np.ndarray) -> float:
+    """Effective number of dimensions a cloud of points spreads over: (sum of the
+    covariance eigenvalues)^2 / sum of their squares. d for an isotropic cloud in d
+    dimensions, 1 for points on a line; at most n - 1 for n points, so compare clouds of
+    the same size."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 2:
+        return float("nan")
+    centred = points - points.mean(axis=0)
+    eigenvalues = np.linalg.svd(centred, compute_uv=False) ** 2
+    total = eigenvalues.sum()
+    return float(total**2 / np.square(eigenvalues).sum()) if total > 0 else 0.0
+
+
+def identity_centroids(vectors: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    """Unit mean of each identity's unit vectors (rows with NaN skipped; identities with
+    fewer than two usable rows left out, as the filter's min_samples does)."""
+    usable = np.isfinite(vectors).all(axis=1)
+    vectors, identity = vectors[usable], identity[usable]
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    centroids = []
+    for value in np.unique(identity):
+        rows = vectors[identity == value]
+        if len(rows) >= 2:
+            mean = rows.mean(axis=0)
+            centroids.append(mean / np.linalg.norm(mean))
+    return np.array(centroids).reshape(-1, vectors.shape[1])
+
+
+def identity_dimensions(faces: EmbeddedFaces, embedder: str = FILTER_EMBEDDER) -> float:
+    """Participation ratio of the identities' centroids in ``embedder``'s space. Why: the
+    de-duplication removes identities whose centroids crowd together; a generator whose
+    identities spread over fewer directions than real people's crowds them."""
+    vectors = np.where(faces.found[:, None], faces.vectors[embedder], np.nan)
+    return participation_ratio(identity_centroids(vectors, faces.identity))
+
+
 def quality_report(
     images: np.ndarray,
     identity: np.ndarray,
@@ -170,9 +210,12 @@ def quality_report(
         "face_rate": float(faces.found.mean()),
         **identities_survived(faces, filter_settings),
         **judge_figures(faces),
+        "identity_dimensions": identity_dimensions(faces),
     }
     if conditions is not None:
         report["condition_cos"] = condition_cos(faces, conditions)
+        _, first = np.unique(identity, return_index=True)
+        report["condition_dimensions"] = participation_ratio(conditions[first])
     variety = variety_report(images, identity, faces.landmarks, (reference or {}).get("variety"))
     report["variety"] = variety
     for key in ("pose_spread_ratio", "illumination_spread_ratio", "pixel_diversity_ratio"):

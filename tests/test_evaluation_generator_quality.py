@@ -1,0 +1,32 @@
+"""The identity-spread figures of the generator quality report, on small point clouds
+whose dimension is known."""
+
+import numpy as np
+import pytest
+
+from facefoundry.evaluation.generator_quality import identity_centroids, participation_ratio
+
+
+def test_an_isotropic_cloud_spreads_over_its_own_dimensions_and_a_line_over_one():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((128, 128)))[0]
+    coordinates = rng.standard_normal((4000, 8))
+    isotropic = coordinates @ basis[:, :8].T
+    line = rng.standard_normal((4000, 1)) @ basis[:, :1].T
+    assert participation_ratio(isotropic) == pytest.approx(8, rel=0.05)
+    assert participation_ratio(line) == pytest.approx(1, rel=1e-6)
+    # one strong direction beside seven weak ones counts as fewer than eight
+    skewed = (coordinates * np.r_[4.0, np.ones(7)]) @ basis[:, :8].T
+    assert 1 < participation_ratio(skewed) < 3
+
+
+def test_centroids_skip_missing_rows_and_identities_with_one_usable_face():
+    vectors = np.array(
+        [[1, 0, 0], [0, 1, 0], [np.nan] * 3, [0, 0, 2], [0, 0, 1], [1, 1, 0]], dtype=float
+    )
+    identity = np.array([0, 0, 1, 1, 2, 2])
+    centroids = identity_centroids(vectors, identity)
+    # identity 1 has one usable face: left out; the others are unit means of unit rows
+    assert centroids.shape == (2, 3)
+    np.testing.assert_allclose(centroids[0], [2**-0.5, 2**-0.5, 0])
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1)
