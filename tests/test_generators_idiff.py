@@ -347,6 +347,47 @@ def test_contrast_term_trains_and_logs_without_the_cosine_term(tmp_path):
         assert float(trainer.terms(*batch)["contrast"]) < before
 
 
+def test_whitening_equalises_the_axes_and_the_whitened_terms_train(tmp_path):
+    from facefoundry.generators.idiff_face.identity_loss import to_space, whitening
+
+    # a cloud stretched 5x along one axis: whitened, every axis has the same spread
+    generator = torch.Generator().manual_seed(0)
+    cloud = torch.randn(20000, 8, generator=generator) * torch.tensor([5.0] + [1.0] * 7)
+    space = whitening(cloud + 3.0, shrinkage=0.0)
+    whitened = (cloud + 3.0 - space["mean"]) @ space["matrix"]
+    assert torch.allclose(whitened.std(0), torch.ones(8), atol=0.03)
+    # on the raw sphere two vectors that differ only off the dominant axis look alike;
+    # whitened, that difference counts
+    a, b = torch.tensor([[5.0, 1, 0, 0, 0, 0, 0, 0]]), torch.tensor([[5.0, -1, 0, 0, 0, 0, 0, 0]])
+    centred = whitening(cloud, shrinkage=0.0)
+    raw_cos = float(F.cosine_similarity(a, b))
+    white_cos = float((to_space(a, centred) * to_space(b, centred)).sum())
+    assert raw_cos > 0.9 and white_cos < raw_cos - 0.3
+
+    trainer = _identity_trainer(
+        tmp_path, 1.0, identity_contrast_weight=0.5, identity_space="whitened", log_every=5
+    )
+    assert trainer.identity_space is not None
+    batch = _fixed_low_noise_batch(trainer)
+    trainer.model.eval()
+    with torch.no_grad():
+        before = trainer.terms(*batch)
+    raw = _identity_trainer(tmp_path / "raw", 1.0, identity_contrast_weight=0.5)
+    with torch.no_grad():
+        raw_terms = raw.terms(*batch)
+    assert not torch.allclose(before["identity"], raw_terms["identity"])
+    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
+    for _ in range(5):
+        trainer.model.train()
+        loss = trainer.terms(*batch)["identity"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    trainer.model.eval()
+    with torch.no_grad():
+        assert float(trainer.terms(*batch)["identity"]) < float(before["identity"])
+
+
 def test_identity_term_decodes_latent_models_through_the_vae(tmp_path):
     vae = tiny_vae()
     config = tiny_config(latent=True, in_channels=4, id_dim=128)

@@ -84,6 +84,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         identity_contrast_scale=args.identity_contrast_scale,
         identity_max_t=args.identity_max_t,
         identity_max_rows=args.identity_max_rows,
+        identity_space=args.identity_space,
         batch_sampling=args.batch_sampling,
     )
     model = train_idiff_face(
@@ -353,6 +354,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="at most this many rows per step through the recognizer (CPU cost)",
+    )
+    train.add_argument(
+        "--identity-space",
+        choices=["raw", "whitened"],
+        default="raw",
+        help="compare embeddings as raw SFace cosines, or whitened by the training people's "
+        "covariance so every axis of identity counts alike",
     )
     train.add_argument(
         "--batch-sampling",

@@ -66,6 +66,10 @@ class TrainSettings(BaseModel):
     identity_contrast_weight: float = Field(0.0, ge=0.0)
     identity_contrast_scale: float = Field(16.0, gt=0.0)
     identity_max_t: float = Field(0.6, gt=0.0, le=1.0, description="fraction of T")
+    # where both terms compare embeddings: "raw" SFace cosines, or "whitened" by the
+    # training people's covariance (identity_loss.whitening: every axis counts alike, so
+    # following only the few dominant axes no longer scores well)
+    identity_space: str = Field("raw", pattern="^(raw|whitened)$")
     # the recognizer's forward + backward dominates a CPU step (3.9 s vs 0.8 s at batch
     # 32): at most this many weighted rows (the first in the random batch order) go
     # through it, the term rescaled by active / used so its expectation is unchanged
@@ -170,6 +174,7 @@ class Trainer:
         self.vae = None
         self.recognizer = None
         self.negatives = None
+        self.identity_space = None
         if self.uses_recognizer:
             id_loss.check_identity_conditioning(
                 model.config.conditioning_embedder, model.config.id_dim
@@ -182,6 +187,8 @@ class Trainer:
         self.embeddings = torch.from_numpy(np.ascontiguousarray(data.embeddings))
         if settings.identity_contrast_weight > 0:
             self.negatives = person_centroids(self.embeddings, np.asarray(data.labels))
+        if self.uses_recognizer and settings.identity_space == "whitened":
+            self.identity_space = id_loss.whitening(F.normalize(self.embeddings.float(), dim=1))
         self.person_rows = _PersonRows(np.asarray(data.labels))
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -316,7 +323,11 @@ class Trainer:
         x0 = predicted_x0(
             self.noise.alphas_cumprod, noisy, predicted, timesteps, self.config.prediction_type
         )
-        options = {"negatives": self.negatives, "scale": self.settings.identity_contrast_scale}
+        options = {
+            "negatives": self.negatives,
+            "scale": self.settings.identity_contrast_scale,
+            "space": self.identity_space,
+        }
         if self.config.latent:
             if self.vae is None:
                 raise ValueError("identity loss needs a pixel-space model or the model's VAE")
