@@ -315,30 +315,49 @@ class Variant:
     steps: int
     guidance: float
     interval: tuple[int, int] | None = None
+    detail: float = 0.0
+    detail_axes: int = 16
 
     @classmethod
     def parse(cls, text: str, default_model: str) -> Variant:
-        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI]"""
+        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES]] (dH: detail guidance)"""
         name, _, spec = text.partition("=")
         model, _, sampling = spec.rpartition(",")
         parts = sampling.split(":")
-        interval = tuple(int(v) for v in parts[3].split("-")) if len(parts) > 3 else None
-        return cls(name, model or default_model, parts[0], int(parts[1]), float(parts[2]), interval)
+        interval, detail, axes = None, 0.0, 16
+        for extra in parts[3:]:
+            if extra.startswith("d"):
+                value, _, axes_text = extra[1:].partition("@")
+                detail, axes = float(value), int(axes_text or 16)
+            else:
+                interval = tuple(int(v) for v in extra.split("-"))
+        return cls(
+            name,
+            model or default_model,
+            parts[0],
+            int(parts[1]),
+            float(parts[2]),
+            interval,
+            detail,
+            axes,
+        )
 
     @property
     def evaluations(self) -> int:
-        """UNet evaluations per image (guidance doubles the steps it covers)."""
+        """UNet evaluations per image (guidance doubles the steps it covers, detail
+        guidance adds one per step)."""
+        extra = self.steps if self.detail else 0
         if self.guidance == 1.0:
-            return self.steps
+            return self.steps + extra
         if self.interval is None:
-            return 2 * self.steps
+            return 2 * self.steps + extra
         from facefoundry.generators.idiff_face.model import IDiffFaceModel
         from facefoundry.generators.idiff_face.schedule import make_sampler
 
         scheduler = make_sampler(IDiffFaceModel.from_pretrained(self.model).config, self.scheduler)
         scheduler.set_timesteps(self.steps)
         guided = sum(self.interval[0] <= int(t) <= self.interval[1] for t in scheduler.timesteps)
-        return self.steps + guided
+        return self.steps + guided + extra
 
 
 def real_faces(people: int, per_person: int, size: int, seed: int = 0):
@@ -378,6 +397,8 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
         steps=variant.steps,
         guidance_scale=variant.guidance,
         guidance_interval=variant.interval,
+        detail_guidance=variant.detail,
+        detail_axes=variant.detail_axes,
     )
     seconds = time.perf_counter() - started
     report = quality_report(images, identity_of, vectors, reference)
@@ -387,7 +408,12 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
             "variant": variant.name,
             "model": variant.model,
             "sampling": f"{variant.scheduler} {variant.steps} steps, CFG {variant.guidance:g}"
-            + (f" over t in {list(variant.interval)}" if variant.interval else ""),
+            + (f" over t in {list(variant.interval)}" if variant.interval else "")
+            + (
+                f", detail {variant.detail:g} @ {variant.detail_axes} axes"
+                if variant.detail
+                else ""
+            ),
             "evaluations_per_image": variant.evaluations,
             "img_per_s": round(rate, 3),
             "unet_gflops": round(rate * variant.evaluations * UNET_GFLOP_PER_EVAL, 1),

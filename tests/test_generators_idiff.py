@@ -172,6 +172,48 @@ def test_guidance_interval_covering_every_step_is_plain_guidance_bit_for_bit():
     assert not np.array_equal(middle, plain) and not np.array_equal(middle, unguided)
 
 
+def test_detail_guidance_adds_one_branch_and_vanishes_when_the_twin_is_the_condition():
+    from facefoundry.generators.idiff_face.detail_guidance import major_axes, major_axis_twins
+    from facefoundry.generators.identities import fit_identity_prior
+
+    torch.manual_seed(0)
+    pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")
+    rows = []
+    pipeline.model.register_forward_hook(lambda module, args, output: rows.append(len(output)))
+    rng = np.random.default_rng(4)
+    pipeline._axes = {}
+    prior = fit_identity_prior(rng.standard_normal((200, 12)) * np.r_[4.0, 2.0, np.ones(10)])
+    for axes in (3, 12):
+        pipeline._axes[axes] = major_axes(prior, axes)
+    identities = rng.standard_normal((2, 12)).astype(np.float32)
+    identities /= np.linalg.norm(identities, axis=1, keepdims=True)
+
+    def sample(**kwargs):
+        rows.clear()
+        images = pipeline(identities, [4, 5], steps=6, output_size=32, **kwargs)
+        return images.astype(np.int16), list(rows)
+
+    plain, plain_rows = sample(guidance_scale=3.0)
+    detailed, detail_rows = sample(guidance_scale=3.0, detail_guidance=2.0, detail_axes=3)
+    # one fixed CPU batch (8 rows): u + cond = 16 rows, + the twins = 24
+    assert set(plain_rows) == {16} and set(detail_rows) == {24}
+    assert np.abs(detailed - plain).mean() > 1
+    # a twin that keeps every axis is the condition: the extra term is (numerically) zero
+    mean, basis = pipeline._axes[12]
+    twins = major_axis_twins(torch.as_tensor(identities), mean, basis)
+    assert torch.allclose(twins, torch.as_tensor(identities), atol=1e-6)
+    same, _ = sample(guidance_scale=3.0, detail_guidance=2.0, detail_axes=12)
+    assert np.abs(same - plain).max() <= 1
+    # without classifier-free guidance: cond + h (cond - twin), two branches
+    unguided, unguided_rows = sample(guidance_scale=1.0, detail_guidance=2.0, detail_axes=3)
+    assert set(unguided_rows) == {16}
+    assert np.abs(unguided - detailed).mean() > 1
+    # a pipeline built from a bare model has no identity prior to take axes from
+    bare = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")
+    with pytest.raises(ValueError, match="identity prior"):
+        bare(identities, [4, 5], steps=2, detail_guidance=1.0)
+
+
 def test_wrong_embedding_dimension_and_missing_model_are_clear_errors(tmp_path):
     model = IDiffFaceModel(tiny_config())
     with pytest.raises(ValueError, match="12-d"):

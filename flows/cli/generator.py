@@ -113,6 +113,8 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         steps=args.steps,
         guidance_scale=args.guidance,
+        detail_guidance=args.detail_guidance,
+        detail_axes=args.detail_axes,
         batch_size=args.batch_size,
         chunk_identities=args.chunk,
     )
@@ -394,6 +396,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--steps", type=positive_int, default=25, help="denoising steps")
     sample.add_argument(
         "--guidance", type=float, default=1.0, help="classifier-free guidance scale"
+    )
+    sample.add_argument(
+        "--detail-guidance",
+        type=float,
+        default=0.0,
+        help="h: also steer away from each condition's twin on the identity prior's "
+        "strongest axes (spreads identities apart; one more model call per step)",
+    )
+    sample.add_argument(
+        "--detail-axes", type=positive_int, default=16, help="axes a detail-guidance twin keeps"
     )
     sample.add_argument("--batch-size", type=positive_int, default=64)
     sample.add_argument("--chunk", type=positive_int, default=50, help="identities per chunk")

@@ -86,6 +86,8 @@ def sample_with_backoff(
                 steps=settings.steps,
                 guidance_scale=settings.guidance_scale,
                 guidance_interval=settings.guidance_interval,
+                detail_guidance=settings.detail_guidance,
+                detail_axes=settings.detail_axes,
                 batch_size=batch,
                 progress=progress,
             )

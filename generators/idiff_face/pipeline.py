@@ -38,6 +38,8 @@ class IDiffFacePipeline:
         self.scheduler_name = scheduler
         self.scheduler = make_sampler(model.config, scheduler)
         self.vae = vae.eval().to(self.device, dtype) if vae is not None else None
+        self.folder: Path | None = None  # set by from_pretrained: where the identity prior is
+        self._axes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if model.config.latent and vae is None:
             raise ValueError("this IDiff-Face model works in latent space: pass its VAE")
 
@@ -50,7 +52,22 @@ class IDiffFacePipeline:
         vae = None
         if model.config.latent:
             vae = load_vae(folder / "vae")
-        return cls(model, scheduler, vae, **kwargs)
+        pipeline = cls(model, scheduler, vae, **kwargs)
+        pipeline.folder = folder
+        return pipeline
+
+    def major_axes(self, axes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The identity prior's mean and strongest axes (``detail_guidance``), cached."""
+        if axes not in self._axes:
+            if self.folder is None:
+                raise ValueError(
+                    "detail guidance needs the model folder's identity prior: load the "
+                    "pipeline with from_pretrained or set pipeline.folder"
+                )
+            from facefoundry.generators.idiff_face.detail_guidance import load_major_axes
+
+            self._axes[axes] = load_major_axes(self.folder, axes)
+        return self._axes[axes]
 
     def optimise_for_gpu(self, channels_last: bool = True, compile_unet: bool = False) -> None:
         """Opt-in speed-ups for CUDA: channels_last memory and torch.compile of the UNet."""
@@ -70,13 +87,20 @@ class IDiffFacePipeline:
         output_size: int = 112,
         progress: bool = False,
         guidance_interval: tuple[int, int] | None = None,
+        detail_guidance: float = 0.0,
+        detail_axes: int = 16,
     ) -> np.ndarray:
         """``guidance_interval`` (lo, hi): guidance only at timesteps lo <= t <= hi, the
         conditional output alone elsewhere (one model call instead of two; Kynkaanniemi
-        et al. 2024). None = every step."""
+        et al. 2024). None = every step. ``detail_guidance`` h > 0 adds h x (cond -
+        cond(twin)) at every step, the twin keeping only the identity prior's
+        ``detail_axes`` strongest axes (``detail_guidance.py``)."""
         identities = torch.as_tensor(np.asarray(identities), dtype=torch.float32)
         if len(identities) != len(seeds):
             raise ValueError(f"{len(identities)} identities but {len(seeds)} seeds")
+        detail = None
+        if detail_guidance:
+            detail = (float(detail_guidance), *self.major_axes(int(detail_axes)))
         images = []
         for index, real in fixed_batches(len(seeds), batch_size, self.device):
             images.append(
@@ -88,6 +112,7 @@ class IDiffFacePipeline:
                     output_size,
                     progress,
                     guidance_interval,
+                    detail,
                 )[:real]
             )
         return (
@@ -97,7 +122,15 @@ class IDiffFacePipeline:
         )
 
     def _sample_batch(
-        self, identity, seeds, steps, guidance_scale, output_size, progress, interval=None
+        self,
+        identity,
+        seeds,
+        steps,
+        guidance_scale,
+        output_size,
+        progress,
+        interval=None,
+        detail=None,
     ):
         config = self.model.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
@@ -116,6 +149,11 @@ class IDiffFacePipeline:
             ).to(self.device)
         else:
             identity_in, drop = identity, None
+        twins = None
+        if detail is not None:
+            from facefoundry.generators.idiff_face.detail_guidance import major_axis_twins
+
+            twins = major_axis_twins(identity, detail[1], detail[2])
         # a fresh scheduler per batch: schedulers hold state, and chunks may share a pipeline
         scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
         scheduler.set_timesteps(steps, device=self.device)
@@ -127,16 +165,25 @@ class IDiffFacePipeline:
             timesteps = tqdm(timesteps, desc=f"{self.scheduler_name} x{len(seeds)}", leave=False)
         for t in timesteps:
             guided = use_cfg and (interval is None or interval[0] <= int(t) <= interval[1])
-            model_in = torch.cat([latents, latents]) if guided else latents
+            step_identity, step_drop = (identity_in, drop) if guided else (identity, None)
+            if twins is not None:  # one more branch: the condition's major-axis twin
+                step_identity = torch.cat([step_identity, twins])
+                if step_drop is not None:
+                    step_drop = torch.cat([step_drop, torch.zeros_like(step_drop[: len(twins)])])
+            branches = len(step_identity) // len(identity)
+            model_in = torch.cat([latents] * branches) if branches > 1 else latents
             model_in = scheduler.scale_model_input(model_in, t)
             t_batch = torch.full((len(model_in),), int(t), device=self.device, dtype=torch.long)
-            if guided:
-                output = self.model(model_in, t_batch, identity_in, drop)
-            else:
-                output = self.model(model_in, t_batch, identity, None)
+            output = self.model(model_in, t_batch, step_identity, step_drop)
+            twin_output = None
+            if twins is not None:
+                output, twin_output = output[: -len(twins)], output[-len(twins) :]
+            conditional = output
             if guided:
                 unconditional, conditional = output.chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)
+            if twin_output is not None:
+                output = output + detail[0] * (conditional - twin_output)
             step_kwargs = {}
             if "generator" in scheduler.step.__code__.co_varnames:
                 step_kwargs["generator"] = generators
