@@ -170,7 +170,11 @@ def main() -> None:
     requested = funnel.get("probed") or recipe.identities.count
     figures = {
         "machine": machine(),
-        "recipe": str(recipe_path.relative_to(REPO) if recipe_path.is_absolute() else recipe_path),
+        "recipe": str(
+            recipe_path.relative_to(REPO)
+            if recipe_path.is_absolute() and recipe_path.is_relative_to(REPO)
+            else recipe_path
+        ),
         "images_synthetic": comparison["images_synthetic"],
         "images_real": comparison["images_real"],
         "identities_synthetic": comparison["identities_synthetic"],
