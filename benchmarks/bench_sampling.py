@@ -316,7 +316,7 @@ class Variant:
     guidance: float
     interval: tuple[int, int] | None = None
     detail: float = 0.0
-    detail_axes: int = 16
+    detail_axes: int = 32
 
     @classmethod
     def parse(cls, text: str, default_model: str) -> Variant:
@@ -324,11 +324,11 @@ class Variant:
         name, _, spec = text.partition("=")
         model, _, sampling = spec.rpartition(",")
         parts = sampling.split(":")
-        interval, detail, axes = None, 0.0, 16
+        interval, detail, axes = None, 0.0, 32
         for extra in parts[3:]:
             if extra.startswith("d"):
                 value, _, axes_text = extra[1:].partition("@")
-                detail, axes = float(value), int(axes_text or 16)
+                detail, axes = float(value), int(axes_text or 32)
             else:
                 interval = tuple(int(v) for v in extra.split("-"))
         return cls(

@@ -173,8 +173,8 @@ def test_guidance_interval_covering_every_step_is_plain_guidance_bit_for_bit():
 
 
 def test_detail_guidance_adds_one_branch_and_vanishes_when_the_twin_is_the_condition():
-    from facefoundry.generators.idiff_face.detail_guidance import major_axes, major_axis_twins
     from facefoundry.generators.identities import fit_identity_prior
+    from facefoundry.generators.idiff_face.detail_guidance import major_axes, major_axis_twins
 
     torch.manual_seed(0)
     pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")

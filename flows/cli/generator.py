@@ -405,7 +405,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "strongest axes (spreads identities apart; one more model call per step)",
     )
     sample.add_argument(
-        "--detail-axes", type=positive_int, default=16, help="axes a detail-guidance twin keeps"
+        "--detail-axes", type=positive_int, default=32, help="axes a detail-guidance twin keeps"
     )
     sample.add_argument("--batch-size", type=positive_int, default=64)
     sample.add_argument("--chunk", type=positive_int, default=50, help="identities per chunk")

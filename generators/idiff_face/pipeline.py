@@ -88,7 +88,7 @@ class IDiffFacePipeline:
         progress: bool = False,
         guidance_interval: tuple[int, int] | None = None,
         detail_guidance: float = 0.0,
-        detail_axes: int = 16,
+        detail_axes: int = 32,
     ) -> np.ndarray:
         """``guidance_interval`` (lo, hi): guidance only at timesteps lo <= t <= hi, the
         conditional output alone elsewhere (one model call instead of two; Kynkaanniemi

@@ -26,5 +26,5 @@ class IDiffFaceSettings(GeneratorSettings):
         description="h: adds h x (cond - cond(twin)) per step, the twin keeping only the identity "
         "prior's detail_axes strongest axes; spreads identities apart (one more model call)",
     )
-    detail_axes: int = Field(16, ge=1, le=4096, description="axes a detail-guidance twin keeps")
+    detail_axes: int = Field(32, ge=1, le=4096, description="axes a detail-guidance twin keeps")
     context_noise: float = Field(0.0, ge=0.0, description="std of per-sample identity jitter")
