@@ -62,10 +62,8 @@ def run_centroids(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
     ok = faces[:, 1] == "ok"
     identity = faces[ok, 0].astype(np.int64)
     vectors = np.stack(faces[ok, 2]).astype(np.float64)
+    present, centroids = identity_centroids(vectors, identity)
     counts = np.bincount(identity)
-    present = np.unique(identity)
-    present = present[counts[present] >= 2]
-    centroids = identity_centroids(vectors, identity)  # sorted by identity, same filter
     conditions = np.stack(identities.set_index("identity").loc[present, "embedding"].to_numpy())
     return (
         conditions / np.linalg.norm(conditions, axis=1, keepdims=True),
@@ -109,7 +107,7 @@ def real_clouds(count: int, per_person: int, draws: int, tau: float) -> list[dic
     for _ in range(draws):
         chosen = rng.choice(eligible, size=min(count, len(eligible)), replace=False)
         rows = np.concatenate([np.flatnonzero((person == p) & usable)[:per_person] for p in chosen])
-        figures.append(cloud_figures(identity_centroids(vectors[rows], person[rows]), tau))
+        figures.append(cloud_figures(identity_centroids(vectors[rows], person[rows])[1], tau))
     return figures
 
 

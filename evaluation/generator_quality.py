@@ -170,19 +170,18 @@ def participation_ratio(points: np.ndarray) -> float:
     return float(total**2 / np.square(eigenvalues).sum()) if total > 0 else 0.0
 
 
-def identity_centroids(vectors: np.ndarray, identity: np.ndarray) -> np.ndarray:
-    """Unit mean of each identity's unit vectors (rows with NaN skipped; identities with
-    fewer than two usable rows left out, as the filter's min_samples does)."""
-    usable = np.isfinite(vectors).all(axis=1)
-    vectors, identity = vectors[usable], identity[usable]
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    centroids = []
-    for value in np.unique(identity):
-        rows = vectors[identity == value]
-        if len(rows) >= 2:
-            mean = rows.mean(axis=0)
-            centroids.append(mean / np.linalg.norm(mean))
-    return np.array(centroids).reshape(-1, vectors.shape[1])
+def identity_centroids(
+    vectors: np.ndarray, identity: np.ndarray, min_faces: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """(identity ids, unit centroids) of the identities with at least ``min_faces`` usable
+    rows (the filter's min_samples), through ``evaluation.leakage.person_centroids``."""
+    from facefoundry.evaluation.leakage import person_centroids
+    from facefoundry.filters.groups import valid_rows
+
+    usable = valid_rows(vectors)
+    values, counts = np.unique(identity[usable], return_counts=True)
+    enough = np.isin(identity, values[counts >= min_faces]) & usable
+    return person_centroids(vectors[enough], identity[enough])
 
 
 def identity_dimensions(faces: EmbeddedFaces, embedder: str = FILTER_EMBEDDER) -> float:
@@ -190,7 +189,7 @@ def identity_dimensions(faces: EmbeddedFaces, embedder: str = FILTER_EMBEDDER) -
     de-duplication removes identities whose centroids crowd together; a generator whose
     identities spread over fewer directions than real people's crowds them."""
     vectors = np.where(faces.found[:, None], faces.vectors[embedder], np.nan)
-    return participation_ratio(identity_centroids(vectors, faces.identity))
+    return participation_ratio(identity_centroids(vectors, faces.identity)[1])
 
 
 def quality_report(

@@ -25,8 +25,8 @@ def test_centroids_skip_missing_rows_and_identities_with_one_usable_face():
         [[1, 0, 0], [0, 1, 0], [np.nan] * 3, [0, 0, 2], [0, 0, 1], [1, 1, 0]], dtype=float
     )
     identity = np.array([0, 0, 1, 1, 2, 2])
-    centroids = identity_centroids(vectors, identity)
+    ids, centroids = identity_centroids(vectors, identity)
     # identity 1 has one usable face: left out; the others are unit means of unit rows
-    assert centroids.shape == (2, 3)
+    assert ids.tolist() == [0, 2] and centroids.shape == (2, 3)
     np.testing.assert_allclose(centroids[0], [2**-0.5, 2**-0.5, 0])
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1)
