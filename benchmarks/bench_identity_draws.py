@@ -9,15 +9,22 @@ own direction. This measures whether that buys distinct faces (identities the de
 filter keeps, dlib gap/EER) without leaving what the model can draw (face rate,
 condition cosine, identity-free variety vs real DevTrain faces at 32 px).
 
+``--pool K`` (repeatable) compares selections instead (issue 16, session 9): K = 1 is
+the plain draw, K > 1 draws K x identities candidates and keeps those the model's
+realisation map predicts apart (``identities.select: predicted``); ``--seed`` picks
+the draw (recipe seed).
+
 Usage: python benchmarks/bench_identity_draws.py [--spread 1 --spread 1.5 ...]
-    [--sampling dpmsolver++:8:3] [--identities 100] [--per-identity 4] [--model DIR]
-Last line: one JSON object; ``rows`` has one entry per spread, the top-level keys
-describe the best spread by identities kept (ties: higher judge gap).
+    [--pool 1 --pool 4] [--seed 0] [--sampling dpmsolver++:8:3] [--identities 100]
+    [--per-identity 4] [--model DIR]
+Last line: one JSON object; ``rows`` has one entry per spread (or pool), the top-level
+keys describe the best row by identities kept (ties: higher judge gap).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
     parser.add_argument("--spread", type=float, action="append", default=[])
+    parser.add_argument("--pool", type=float, action="append", default=[])
+    parser.add_argument("--seed", type=int, default=0, help="identity draw (recipe seed)")
     parser.add_argument("--sampling", default="dpmsolver++:8:3", help="SCHEDULER:STEPS:CFG")
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--per-identity", type=int, default=4)
@@ -40,30 +49,35 @@ def main() -> None:
     from facefoundry.evaluation.generator_quality import quality_report
     from facefoundry.generators.identities import PRIOR_FILE, make_identities
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
+    from facefoundry.generators.realisation import REALISATION_FILE, predicted_subset
 
-    spreads = args.spread or [1.0, 1.5, 2.0]
+    spreads = args.spread or ([1.0] if args.pool else [1.0, 1.5, 2.0])
+    settings = [(spread, pool) for spread in spreads for pool in (args.pool or [1.0])]
     config = IDiffFaceModel.from_pretrained(args.model).config
     started = time.perf_counter()
     faces, labels = real_faces(args.identities, args.per_identity, config.sample_size)
     real = quality_report(faces, labels)
     print("real 32 px:", {k: real.get(k) for k in SHOWN}, flush=True)
     rows = []
-    for spread in spreads:
+    for spread, pool in settings:
         # the demo's identities (recipe seed 0, cosine <= 0.3 apart) at this spread
         table = make_identities(
-            args.identities,
+            math.ceil(args.identities * pool),
             config.id_dim,
-            0,
+            args.seed,
             "fitted",
             0.3,
             prior=Path(args.model) / PRIOR_FILE,
             spread=spread,
         )
-        variant = Variant.parse(f"spread{spread:g}={args.model},{args.sampling}", args.model)
+        if pool > 1:
+            table = predicted_subset(table, args.identities, Path(args.model) / REALISATION_FILE)
+        name = f"spread{spread:g}" + (f"pool{pool:g}" if pool > 1 else "")
+        variant = Variant.parse(f"{name}={args.model},{args.sampling}", args.model)
         row = run_variant(variant, table, args.per_identity, real)
-        row["spread"] = spread
+        row.update(spread=spread, pool=pool, seed=args.seed)
         rows.append(row)
-        print(f"spread {spread:g}:", {k: row.get(k) for k in SHOWN}, flush=True)
+        print(f"spread {spread:g}, pool {pool:g}:", {k: row.get(k) for k in SHOWN}, flush=True)
     best = max(rows, key=lambda r: (r["identities_survived"], r["judge_gap"]))
     figures = {
         "machine": machine(),
@@ -74,9 +88,11 @@ def main() -> None:
         "per_identity": args.per_identity,
         "judge": "dlib",
         "best_spread": best["spread"],
+        "best_pool": best["pool"],
+        "seed": args.seed,
         **{k: best.get(k) for k in SHOWN},
         "real_32": {k: real.get(k) for k in SHOWN if k in real},
-        "rows": [{k: r.get(k) for k in ("spread", "condition_cos", *SHOWN)} for r in rows],
+        "rows": [{k: r.get(k) for k in ("spread", "pool", "condition_cos", *SHOWN)} for r in rows],
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
     save_results(args.name, figures)

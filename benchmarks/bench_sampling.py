@@ -185,9 +185,10 @@ def ddpm_guard_main(argv: list[str] | None = None) -> None:
         tau=0.3,
         prior=Path(args.model) / PRIOR_FILE,
     )
-    identity_of = np.repeat(table.ids, per_id)
+    rows = np.repeat(np.arange(len(table.ids)), per_id)  # ids need not be 0..n-1
+    identity_of = table.ids[rows]
     seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
-    vectors = table.embeddings[identity_of]
+    vectors = table.embeddings[rows]
     figures: dict = {
         "machine": machine(),
         "quick": args.quick,
@@ -386,9 +387,10 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
     from facefoundry.generators.seeds import sample_seed
 
     pipe = IDiffFacePipeline.from_pretrained(variant.model, variant.scheduler, device="cpu")
-    identity_of = np.repeat(table.ids, per_id)
+    rows = np.repeat(np.arange(len(table.ids)), per_id)  # ids need not be 0..n-1
+    identity_of = table.ids[rows]
     seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
-    vectors = table.embeddings[identity_of]
+    vectors = table.embeddings[rows]
     pipe(vectors[:8], seeds[:8], steps=2, guidance_scale=variant.guidance)  # warm-up
     started = time.perf_counter()
     images = pipe(

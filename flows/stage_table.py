@@ -67,12 +67,16 @@ def identities_section(recipe: Recipe) -> dict:
     identities = _dump(recipe, "identities")
     if identities.get("spread") == 1.0:  # the default: runs made before it existed stay valid
         del identities["spread"]
+    if identities.get("select") == "drawn":  # likewise
+        del identities["select"], identities["pool"]
     section = {
         "identities": identities,
         "seed": recipe.seed,
         "family": recipe.generate.family,
         "model": recipe.generate.model,
     }
+    if recipe.identities.select == "predicted":  # the selection reads the realisation map
+        section["realisation_map"] = _realisation_checksum(recipe)
     if recipe.identities.probe is not None:  # probes are drawn and judged like samples
         section["probe_with"] = {
             "generate": generate_section(recipe)["generate"],
@@ -85,6 +89,16 @@ def identities_section(recipe: Recipe) -> dict:
             },
         }
     return section
+
+
+def _realisation_checksum(recipe: Recipe) -> str | None:
+    import hashlib
+
+    space = family_of(recipe.generate).load().identity_space(recipe.generate)
+    path = space.realisation
+    if path is None or not path.is_file():
+        return None  # the stage then fails with how to fit one
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def identities_code(recipe: Recipe) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ class IdentitySpace:
     dim: int
     embedder: str
     prior: Path | None  # Gaussian of the training embeddings (the 'fitted' method)
+    realisation: Path | None = None  # condition -> drawn-centroid map (select: predicted)
 
 
 class FamilyModule(Protocol):

@@ -14,6 +14,7 @@ better than for uniform vectors; measured in BENCHMARKS.md).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,8 +248,15 @@ def draw_identities(settings, seed: int, space, n: int | None = None) -> Identit
     """``n`` identities (default ``settings.count``) by the settings' method in the
     generator's identity space (``generators.families.IdentitySpace``)."""
     prior = space.prior if space.prior is not None and Path(space.prior).is_file() else None
+    want = n or settings.count
+    if settings.select == "predicted":  # a pool, then the subset drawn apart (realisation.py)
+        from facefoundry.generators.realisation import predicted_subset
+
+        pool = settings.model_copy(update={"select": "drawn"})
+        candidates = draw_identities(pool, seed, space, math.ceil(want * settings.pool))
+        return predicted_subset(candidates, want, space.realisation)
     return make_identities(
-        n or settings.count,
+        want,
         space.dim,
         seed,
         settings.method,

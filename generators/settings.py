@@ -44,6 +44,14 @@ class IdentitySettings(BaseModel):
         le=10.0,
         description="fitted only: scale of the draws' deviations from the prior mean",
     )
+    select: Literal["drawn", "predicted"] = Field(
+        "drawn",
+        description="predicted: draw `pool` x count candidates and keep those whose faces the "
+        "model's realisation map predicts apart (generators/realisation.py)",
+    )
+    pool: float = Field(
+        4.0, ge=1.0, le=100.0, description="predicted only: candidates per wanted identity"
+    )
     probe: ProbeSettings | None = Field(
         None, description="realise identities with probe images first (None: off)"
     )

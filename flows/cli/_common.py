@@ -29,6 +29,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def at_least_one(text: str) -> float:
+    """argparse type: a number of at least 1 (a pool size, a ratio)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text}")
+    return value
+
+
 def check_models(embedder: str | None = None, detector: str | None = None) -> None:
     """Load the embedder and detector named on the command line in this process, before
     any worker starts: an unknown name or a missing model file is then one clear error,

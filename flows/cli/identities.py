@@ -6,21 +6,25 @@ import argparse
 import json
 from pathlib import Path
 
-from facefoundry.flows.cli._common import positive_int
+from facefoundry.flows.cli._common import at_least_one, positive_int
 
 DESCRIPTION = """\
 Draw identity vectors and save them as a parquet table (identity, method, seed,
 embedding) at --out: uniform on the sphere, 'separated' (no two closer than cosine
 --tau), or 'fitted' (a Gaussian fitted to the --model generator's training
 embeddings, read from its identity_prior.safetensors, separated by --tau: what the
-small default model follows best)."""
+small default model follows best). --pool K > 1 draws K x --count candidates and
+keeps the --count whose faces the --model's realisation map predicts apart
+(`generator fit-realisation`; recipes: identities.select: predicted)."""
 
 
 def cmd_identities(args: argparse.Namespace) -> int:
+    import math
+
     from facefoundry.generators.identities import PRIOR_FILE, make_identities
 
     table = make_identities(
-        args.count,
+        math.ceil(args.count * args.pool),
         args.dim,
         args.seed,
         args.method,
@@ -29,6 +33,10 @@ def cmd_identities(args: argparse.Namespace) -> int:
         prior=Path(args.model) / PRIOR_FILE,
         spread=args.spread,
     )
+    if args.pool > 1:
+        from facefoundry.generators.realisation import REALISATION_FILE, predicted_subset
+
+        table = predicted_subset(table, args.count, Path(args.model) / REALISATION_FILE)
     path = table.save(args.out)
     print(json.dumps({"identities": len(table), "method": table.method, "out": str(path)}))
     return 0
@@ -61,6 +69,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="fitted: scale of the draws' deviations from the prior mean (1 = training spread)",
+    )
+    identities.add_argument(
+        "--pool",
+        type=at_least_one,
+        default=1.0,
+        help="> 1: draw this many candidates per identity, keep those the --model's "
+        "realisation map predicts apart",
     )
     identities.add_argument("--seed", type=int, default=0)
     identities.add_argument("--embedder", default="sface", help="space the vectors live in")

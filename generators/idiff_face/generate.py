@@ -162,8 +162,11 @@ def identity_space(settings: IDiffFaceSettings, model: str | None = None):
     from facefoundry.generators.families import IdentitySpace
     from facefoundry.generators.identities import PRIOR_FILE
     from facefoundry.generators.idiff_face.model import read_config
+    from facefoundry.generators.realisation import REALISATION_FILE
 
     folder = Path(model or settings.model)
     config = read_config(folder)
     prior = folder / PRIOR_FILE
-    return IdentitySpace(config.id_dim, config.conditioning_embedder, prior)
+    return IdentitySpace(
+        config.id_dim, config.conditioning_embedder, prior, folder / REALISATION_FILE
+    )
