@@ -24,9 +24,7 @@ keys describe the best row by identities kept (ties: higher judge gap).
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from pathlib import Path
 
 import torch
 from bench_sampling import SHOWN, Variant, real_faces, run_variant
@@ -47,13 +45,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from facefoundry.evaluation.generator_quality import quality_report
-    from facefoundry.generators.identities import PRIOR_FILE, make_identities
+    from facefoundry.generators.identities import draw_identities
+    from facefoundry.generators.idiff_face.generate import identity_space
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
-    from facefoundry.generators.realisation import REALISATION_FILE, predicted_subset
+    from facefoundry.generators.settings import IdentitySettings
 
     spreads = args.spread or ([1.0] if args.pool else [1.0, 1.5, 2.0])
     settings = [(spread, pool) for spread in spreads for pool in (args.pool or [1.0])]
     config = IDiffFaceModel.from_pretrained(args.model).config
+    space = identity_space(None, args.model)
     started = time.perf_counter()
     faces, labels = real_faces(args.identities, args.per_identity, config.sample_size)
     real = quality_report(faces, labels)
@@ -61,17 +61,16 @@ def main() -> None:
     rows = []
     for spread, pool in settings:
         # the demo's identities (recipe seed 0, cosine <= 0.3 apart) at this spread
-        table = make_identities(
-            math.ceil(args.identities * pool),
-            config.id_dim,
-            args.seed,
-            "fitted",
-            0.3,
-            prior=Path(args.model) / PRIOR_FILE,
+        # the identities stage's own draw (select: predicted when pool > 1)
+        draw = IdentitySettings(
+            count=args.identities,
+            method="fitted",
+            tau=0.3,
             spread=spread,
+            select="predicted" if pool > 1 else "drawn",
+            pool=max(pool, 1.0),
         )
-        if pool > 1:
-            table = predicted_subset(table, args.identities, Path(args.model) / REALISATION_FILE)
+        table = draw_identities(draw, args.seed, space)
         name = f"spread{spread:g}" + (f"pool{pool:g}" if pool > 1 else "")
         variant = Variant.parse(f"{name}={args.model},{args.sampling}", args.model)
         row = run_variant(variant, table, args.per_identity, real)

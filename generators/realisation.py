@@ -60,6 +60,7 @@ class RealisationMap:
     def save(self, path: str | Path) -> Path:
         from facefoundry.atomic import atomic_open
 
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path) as handle:
             np.savez(
                 handle,

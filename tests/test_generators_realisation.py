@@ -72,7 +72,7 @@ def test_map_round_trip(tmp_path):
     rng = np.random.default_rng(3)
     conditions = unit(rng.standard_normal((50, 8)))
     realisation = fit_realisation_map(conditions, conditions[:, ::-1], record={"seed": 7})
-    path = realisation.save(tmp_path / "map.npz")
+    path = realisation.save(tmp_path / "new-folder" / "map.npz")  # --out in a new folder
     again = RealisationMap.load(path)
     assert again.record == {"seed": 7}
     assert np.allclose(again.predict(conditions), realisation.predict(conditions))
