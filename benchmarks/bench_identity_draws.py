@@ -12,10 +12,11 @@ condition cosine, identity-free variety vs real DevTrain faces at 32 px).
 ``--pool K`` (repeatable) compares selections instead (issue 16, session 9): K = 1 is
 the plain draw, K > 1 draws K x identities candidates and keeps those the model's
 realisation map predicts apart (``identities.select: predicted``); ``--seed`` picks
-the draw (recipe seed).
+the draw (recipe seed). ``--map FILE`` (repeatable) compares realisation maps at each
+pool > 1 (default: the model folder's own).
 
 Usage: python benchmarks/bench_identity_draws.py [--spread 1 --spread 1.5 ...]
-    [--pool 1 --pool 4] [--seed 0] [--sampling dpmsolver++:8:3] [--identities 100]
+    [--pool 1 --pool 4] [--map FILE ...] [--seed 0] [--sampling dpmsolver++:8:3] [--identities 100]
     [--per-identity 4] [--model DIR]
 Last line: one JSON object; ``rows`` has one entry per spread (or pool), the top-level
 keys describe the best row by identities kept (ties: higher judge gap).
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from bench_sampling import SHOWN, Variant, real_faces, run_variant
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
     parser.add_argument("--spread", type=float, action="append", default=[])
     parser.add_argument("--pool", type=float, action="append", default=[])
+    parser.add_argument("--map", action="append", default=[], help="realisation map file")
     parser.add_argument("--seed", type=int, default=0, help="identity draw (recipe seed)")
     parser.add_argument("--sampling", default="dpmsolver++:8:3", help="SCHEDULER:STEPS:CFG")
     parser.add_argument("--identities", type=int, default=100)
@@ -51,15 +55,21 @@ def main() -> None:
     from facefoundry.generators.settings import IdentitySettings
 
     spreads = args.spread or ([1.0] if args.pool else [1.0, 1.5, 2.0])
-    settings = [(spread, pool) for spread in spreads for pool in (args.pool or [1.0])]
     config = IDiffFaceModel.from_pretrained(args.model).config
     space = identity_space(None, args.model)
+    maps = args.map or [str(space.realisation)]
+    settings = [
+        (spread, pool, realisation)
+        for spread in spreads
+        for pool in (args.pool or [1.0])
+        for realisation in (maps if pool > 1 else [None])
+    ]
     started = time.perf_counter()
     faces, labels = real_faces(args.identities, args.per_identity, config.sample_size)
     real = quality_report(faces, labels)
     print("real 32 px:", {k: real.get(k) for k in SHOWN}, flush=True)
     rows = []
-    for spread, pool in settings:
+    for spread, pool, realisation in settings:
         # the demo's identities (recipe seed 0, cosine <= 0.3 apart) at this spread
         # the identities stage's own draw (select: predicted when pool > 1)
         draw = IdentitySettings(
@@ -70,13 +80,15 @@ def main() -> None:
             select="predicted" if pool > 1 else "drawn",
             pool=max(pool, 1.0),
         )
-        table = draw_identities(draw, args.seed, space)
+        table = draw_identities(draw, args.seed, replace(space, realisation=realisation))
         name = f"spread{spread:g}" + (f"pool{pool:g}" if pool > 1 else "")
+        if len(maps) > 1 and realisation:
+            name += f"-{Path(realisation).stem}"
         variant = Variant.parse(f"{name}={args.model},{args.sampling}", args.model)
         row = run_variant(variant, table, args.per_identity, real)
-        row.update(spread=spread, pool=pool, seed=args.seed)
+        row.update(spread=spread, pool=pool, seed=args.seed, map=realisation)
         rows.append(row)
-        print(f"spread {spread:g}, pool {pool:g}:", {k: row.get(k) for k in SHOWN}, flush=True)
+        print(f"{name}:", {k: row.get(k) for k in SHOWN}, flush=True)
     best = max(rows, key=lambda r: (r["identities_survived"], r["judge_gap"]))
     figures = {
         "machine": machine(),
@@ -91,7 +103,9 @@ def main() -> None:
         "seed": args.seed,
         **{k: best.get(k) for k in SHOWN},
         "real_32": {k: real.get(k) for k in SHOWN if k in real},
-        "rows": [{k: r.get(k) for k in ("spread", "pool", "condition_cos", *SHOWN)} for r in rows],
+        "rows": [
+            {k: r.get(k) for k in ("spread", "pool", "map", "condition_cos", *SHOWN)} for r in rows
+        ],
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
     save_results(args.name, figures)

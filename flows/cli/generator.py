@@ -46,7 +46,13 @@ ones your recipes use), embed them with the model's conditioning embedder and fi
 ridge map from each condition to the centroid the model drew for it. Writes
 MODEL/realisation_map.npz (or --out) and prints the held-out figures: the cosine of
 predicted vs drawn centroids and how well predicted pair cosines follow the drawn
-ones, each beside the raw condition's. About 6 minutes on 2 cores at the defaults."""
+ones, each beside the raw condition's. About 6 minutes on 2 cores at the defaults.
+
+--from-run RUN (repeatable) fits on finished runs of the same model instead: their
+identities and embedded faces are the pairs, no image is generated (seconds). A run
+of 1,000 identities x 8 faces predicts better than the 400 x 4 calibration draw
+(BENCHMARKS.md, session 10); the map then knows those runs' identities, so judge
+selections on recipe seeds the runs did not use (the record lists them)."""
 
 DATA_HINT = "make one with `facefoundry generator prepare-lfw --out FILE.npz`"
 
@@ -150,9 +156,15 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
 
 def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
     existing_dir(args.model, "generator model folder")
+    from facefoundry.generators.realisation import REALISATION_FILE
+
+    if args.from_run:
+        realisation = fit_realisation_from_runs(args.model, args.from_run, args.ridge)
+        out = realisation.save(args.out or Path(args.model) / REALISATION_FILE)
+        print(json.dumps({"out": str(out), **realisation.record["held_out"]}))
+        return 0
     check_models(read_conditioning_embedder(args.model))
     from facefoundry.generators.idiff_face.realisation_fit import fit_model_realisation
-    from facefoundry.generators.realisation import REALISATION_FILE
 
     if args.threads:
         import torch
@@ -176,6 +188,38 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
     out = realisation.save(args.out or Path(args.model) / REALISATION_FILE)
     print(json.dumps({"out": str(out), **realisation.record["held_out"]}))
     return 0
+
+
+def fit_realisation_from_runs(model: str, runs: list[str], ridge: float):
+    """The map fitted on finished runs (their run folders checked one by one)."""
+    import yaml
+
+    from facefoundry.flows.run_dir import RunDir
+    from facefoundry.generators.chunks import folder_checksum
+    from facefoundry.generators.idiff_face import realisation_fit
+    from facefoundry.generators.realisation_runs import run_pairs
+
+    embedder = read_conditioning_embedder(model)
+    checksum = folder_checksum(Path(model))
+    sources, pairs = [], []
+    for folder in runs:
+        run = RunDir(existing_dir(folder, "--from-run folder", "give a run folder (runs/NAME)"))
+        pairs.append(
+            run_pairs(run.identities, run.generate_parts(), run.embed, embedder, checksum, folder)
+        )
+        recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.is_file() else {}
+        generate = recipe.get("generate", {})
+        sampling = ("scheduler", "steps", "guidance_scale", "detail_guidance", "detail_axes")
+        sources.append(
+            {
+                "run": run.name,
+                "seed": recipe.get("seed"),
+                "identities": len(pairs[-1].conditions),
+                "per_identity": generate.get("samples_per_identity"),
+                "sampling": {key: generate.get(key) for key in sampling},
+            }
+        )
+    return realisation_fit.fit_realisation_from_runs(model, sources, pairs, ridge)
 
 
 def read_conditioning_embedder(model: str) -> str:
@@ -477,6 +521,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit_map.add_argument("--detail-guidance", type=float, default=1.0)
     fit_map.add_argument("--detail-axes", type=positive_int, default=32)
     fit_map.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    fit_map.add_argument(
+        "--from-run",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="fit on this finished run's faces instead of new images (repeatable)",
+    )
     fit_map.add_argument("--out", default=None, help="default: MODEL/realisation_map.npz")
     fit_map.set_defaults(func=cmd_generator_fit_realisation)
 

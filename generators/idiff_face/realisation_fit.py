@@ -92,3 +92,32 @@ def fit_model_realisation(
         "held_out": held_out_figures(conditions, centroids, ridge),
     }
     return fit_realisation_map(conditions, centroids, ridge, record)
+
+
+def fit_realisation_from_runs(
+    model: str | Path, sources: list[dict], pairs: list, ridge: float = 1.0
+):
+    """The map fitted on finished runs' pairs (``generators.realisation_runs``), no new
+    images; ``sources`` (one dict per run: name, seed, sampling) go into its record, so
+    a reader knows which recipe seeds' identities it has seen."""
+    from facefoundry.generators.chunks import folder_checksum
+    from facefoundry.generators.idiff_face.model import read_config
+    from facefoundry.generators.realisation import fit_realisation_map, held_out_figures
+    from facefoundry.generators.realisation_runs import merge_pairs
+
+    conditions, centroids = merge_pairs(pairs)
+    if len(conditions) < MIN_IDENTITIES:
+        raise FacefoundryError(
+            f"the runs hold {len(conditions)} identities with 2 or more faces (need "
+            f"{MIN_IDENTITIES}): add runs or fit from fresh calibration images"
+        )
+    record = {
+        "model_checksum": folder_checksum(Path(model)),
+        "embedder": read_config(Path(model)).conditioning_embedder,
+        "identities": len(conditions),
+        "faces": int(sum(p.faces for p in pairs)),
+        "runs": sources,
+        "ridge": ridge,
+        "held_out": held_out_figures(conditions, centroids, ridge),
+    }
+    return fit_realisation_map(conditions, centroids, ridge, record)
