@@ -152,3 +152,80 @@ def test_fit_realisation_says_clearly_when_the_model_draws_no_faces(tmp_path, ca
     assert main([*argv, "--per-identity", "2", "--steps", "2", "--threads", "1"]) == 1
     assert "cannot be calibrated" in capsys.readouterr().err
     assert not (model / "realisation_map.npz").exists()
+
+
+def write_finished_run(root, conditions, centroids, checksum, seed=3, no_face_identity=0):
+    """A run folder as the identities, generate and embed stages leave it: identities
+    with their conditions, chunks drawn by ``checksum``, 4 embedded faces per identity
+    around ``centroids`` (one identity with a single face found)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from facefoundry.flows.run_dir import RunDir
+    from facefoundry.generators.identities import IdentityTable
+    from facefoundry.shards.layout import make_key
+    from tests.helpers.filters import identity_samples, write_embed_part
+
+    run = RunDir(root)
+    ids = np.arange(100, 100 + len(conditions))
+    run.identities.parent.mkdir(parents=True)
+    IdentityTable(ids, conditions.astype(np.float32), ids * 7, "fitted").save(run.identities)
+    faces, index = identity_samples(centroids, 4, noise=0.3, seed=seed)
+    keys = [make_key(int(ids[i]), s % 4) for s, i in enumerate(index)]
+    run.generate.mkdir()
+    chunk = {"key": keys, "identity": ids[index].tolist(), "model_checksum": [checksum] * len(keys)}
+    pq.write_table(pa.table(chunk), run.generate / "part-00000.parquet")
+    status = ["no_face" if i == no_face_identity and s % 4 else "ok" for s, i in enumerate(index)]
+    faces[np.array(status) != "ok"] = np.nan
+    write_embed_part(
+        run.embed / "part-00000.parquet", keys, ids[index], {"sface": faces}, status=status
+    )
+    run.recipe.write_text(yaml.safe_dump({"seed": seed, "generate": {"steps": 8}}))
+    return run
+
+
+def test_a_map_fitted_on_finished_runs_predicts_what_they_drew(tmp_path, capsys):
+    import torch
+
+    from facefoundry.flows.cli import main
+    from facefoundry.generators.chunks import folder_checksum
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
+    from tests.helpers.generators import tiny_config
+
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    IDiffFaceModel(tiny_config()).save_pretrained(model)
+    rng = np.random.default_rng(7)
+    conditions = unit(rng.standard_normal((60, 12)))
+    centroids = crowding_generator(conditions, rng)
+    checksum = folder_checksum(model)
+    first = write_finished_run(tmp_path / "runs" / "a", conditions[:40], centroids[:40], checksum)
+    second = write_finished_run(
+        tmp_path / "runs" / "b", conditions[30:], centroids[30:], checksum, seed=4
+    )
+    out = tmp_path / "map.npz"
+    argv = ["generator", "fit-realisation", str(model), "--out", str(out)]
+    assert main([*argv, "--from-run", str(first.root), "--from-run", str(second.root)]) == 0
+    realisation = RealisationMap.load(out)
+    # 60 identities once each (the runs share 10), less the first run's first identity,
+    # which has a single face found (the second run's, identity 30, has 4 in the first)
+    assert realisation.record["identities"] == 59
+    assert [r["seed"] for r in realisation.record["runs"]] == [3, 4]
+    assert (
+        realisation.record["held_out"]["predicted_cos"]
+        > realisation.record["held_out"]["condition_cos"]
+    )
+    held_out = unit(rng.standard_normal((200, 12)))
+    predicted_cos = np.sum(
+        realisation.predict(held_out) * crowding_generator(held_out, rng, 0), axis=1
+    )
+    assert (
+        predicted_cos.mean()
+        > np.sum(held_out * crowding_generator(held_out, rng, 0), axis=1).mean() + 0.1
+    )
+    capsys.readouterr()
+    other = write_finished_run(tmp_path / "runs" / "c", conditions, centroids, "0" * 64)
+    assert main([*argv, "--from-run", str(other.root)]) == 2
+    error = capsys.readouterr().err
+    assert "other weights" in error and len(error.strip().splitlines()) == 1
