@@ -12,8 +12,15 @@ candidate only if
 3. the probe's centroid is separated from every identity kept so far: cosine <= the
    filter's de-duplication threshold ``tau_inter`` (calibrated on real LFW people).
 
-Candidates are probed in rounds, in candidate order, until ``count`` are kept or the
-pool (``count x candidates``) is spent. The kept identities are then generated in bulk;
+A probe's images are the candidate's first samples (the run's own seeds; CPU sampling is
+batch-invariant, so the bulk generation draws the same images again). With ``select:
+first`` candidates are probed in rounds, in candidate order, until ``count`` are kept
+or the pool (``count x candidates``) is spent. With ``select: separated`` the whole pool
+is probed and the ``count`` whose probe centroids are separated at the tightest
+threshold that keeps ``count`` are kept (``realisation.select_separated``): a centroid
+of a few images still carries per-image noise, so probes look further apart than the
+8-image centroids the filter judges, and a fixed tau_inter lets crowded identities
+through (BENCHMARKS.md, session 10). The kept identities are then generated in bulk;
 with ``condition: probe`` they are conditioned on their probe's centroid (what the
 model can actually draw, as DCFace and Vec2Face do) instead of the requested vector.
 The funnel (every candidate's outcome) is written beside the identity table.
@@ -132,6 +139,42 @@ def decide(
     )
 
 
+def decide_separated(
+    centroids: np.ndarray,
+    conditions: np.ndarray,
+    want: int,
+    min_condition_cos: float | None = None,
+) -> tuple[ProbeDecisions, float]:
+    """(decisions, threshold): of the candidates whose probe found faces (and follows
+    its condition if asked), the ``want`` kept at the tightest separation that keeps
+    them all (fewer when fewer qualify); the others are duplicates of their nearest kept."""
+    from facefoundry.generators.realisation import select_separated
+
+    screened = decide(centroids, conditions, 1.0, len(centroids), min_condition_cos)
+    eligible = np.array(screened.kept_rows, dtype=np.int64)
+    if not len(eligible):
+        return screened, float("nan")
+    chosen, threshold = select_separated(centroids[eligible], min(want, len(eligible)))
+    kept_rows = sorted(int(row) for row in eligible[chosen])
+    kept = centroids[kept_rows]
+    outcome = list(screened.outcome)
+    nearest = np.full(len(centroids), -1, dtype=np.int64)
+    nearest_cos = np.full(len(centroids), np.nan, dtype=np.float32)
+    for row in eligible:
+        similarity = kept @ centroids[row]
+        if row in kept_rows:
+            similarity[kept_rows.index(row)] = -np.inf
+        else:
+            outcome[row] = DUPLICATE
+        best = int(np.argmax(similarity))
+        if np.isfinite(similarity[best]):
+            nearest[row], nearest_cos[row] = kept_rows[best], similarity[best]
+    decisions = ProbeDecisions(
+        outcome, screened.condition_cos, nearest, nearest_cos, centroids, kept_rows
+    )
+    return decisions, float(threshold)
+
+
 def candidate_pool(settings) -> int:
     """How many identities the identities stage draws: the count, or the probe's pool."""
     if settings.probe is None:
@@ -149,7 +192,6 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     from facefoundry.filters.calibrate import resolve_threshold
     from facefoundry.filters.samples import embedder_name
     from facefoundry.generators.families import family_of
-    from facefoundry.generators.seeds import sample_seed
 
     settings = recipe.identities
     probe = settings.probe
@@ -173,16 +215,19 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
         ).cos
     module = family_of(recipe.generate).load()
     probe_settings = recipe.generate.model_copy(update={"samples_per_identity": probe.samples})
-    probe_seed = sample_seed(recipe.seed, 0, 0, "probe") % (2**31)
+    separated = probe.select == "separated"
     detector, models = worker_models(recipe.faces.detector, [embedder])
     decisions: ProbeDecisions | None = None
     start, part = 0, 0
-    while start < pool and (decisions is None or len(decisions.kept_rows) < settings.count):
+    probed: list[np.ndarray] = []
+    while start < pool and (
+        separated or decisions is None or len(decisions.kept_rows) < settings.count
+    ):
         kept = 0 if decisions is None else len(decisions.kept_rows)
         size = min(pool - start, max(8, 2 * (settings.count - kept)))
         ids = [int(i) for i in candidates.ids[start : start + size]]
-        parquet = module.generate_chunk(
-            candidates_path, ids, folder / "probes", part, probe_settings, probe_seed
+        parquet = module.generate_chunk(  # the run's own seeds: probes are first samples
+            candidates_path, ids, folder / "probes", part, probe_settings, recipe.seed
         )
         vectors, usable = _embed_probe_chunk(
             Path(parquet).with_suffix(".tar"),
@@ -194,28 +239,41 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
             recipe.filter,
         )
         centroids = probe_centroids(vectors, usable, probe.samples)
-        decisions = decide(
-            centroids,
-            candidates.embeddings[start : start + size],
-            tau,
+        probed.append(centroids)
+        if separated:
+            logger.info("probe round %d: %d of %d candidates probed", part, start + size, pool)
+        else:
+            decisions = decide(
+                centroids,
+                candidates.embeddings[start : start + size],
+                tau,
+                settings.count,
+                probe.min_condition_cos,
+                decisions,
+                offset=start,
+            )
+            logger.info(
+                "probe round %d: %d of %d identities realised",
+                part,
+                len(decisions.kept_rows),
+                settings.count,
+            )
+        start, part = start + size, part + 1
+    threshold = None
+    if separated:
+        decisions, threshold = decide_separated(
+            np.concatenate(probed),
+            candidates.embeddings[:start],
             settings.count,
             probe.min_condition_cos,
-            decisions,
-            offset=start,
         )
-        logger.info(
-            "probe round %d: %d of %d identities realised",
-            part,
-            len(decisions.kept_rows),
-            settings.count,
-        )
-        start, part = start + size, part + 1
     rows = np.array(decisions.kept_rows, dtype=np.int64)
     funnel = {
         **decisions.funnel(),
         "wanted": settings.count,
         "realised": len(rows),
         "tau_inter": tau,
+        **({"separation": round(threshold, 4)} if separated else {}),
     }
     _write_decisions(folder, candidates, decisions, funnel)
     if not len(rows):

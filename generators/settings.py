@@ -28,6 +28,11 @@ class ProbeSettings(BaseModel):
     min_condition_cos: float | None = Field(
         None, ge=-1.0, le=1.0, description="probe must follow its condition (filter embedder)"
     )
+    select: Literal["first", "separated"] = Field(
+        "first",
+        description="first: greedy in candidate order at the filter's tau_inter; separated: "
+        "probe the whole pool, keep count at the tightest separation (probe_select bench)",
+    )
 
 
 class IdentitySettings(BaseModel):

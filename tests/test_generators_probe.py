@@ -122,3 +122,62 @@ def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp
 
     report = write_report(folder.parent).read_text()
     assert "Realised identities (probe funnel)" in report and "<td>realised</td>" in report
+
+
+def test_separated_rule_keeps_the_distinct_identities_the_greedy_rule_crowds_out():
+    """Noisy probes of near-copies look apart at a fixed tau; the tightest separation
+    that keeps `want` takes one of each instead."""
+    rng = np.random.default_rng(2)
+    distinct = _unit(rng.standard_normal((3, 64)))
+    copies = _unit(distinct[0] + 0.6 * _unit(rng.standard_normal((2, 64))))  # cos ~0.85
+    centroids = np.vstack([distinct[0], copies, distinct[1:], np.full(64, np.nan)])
+    greedy = probe.decide(centroids, centroids, 0.9, want=3)
+    assert greedy.kept_rows == [0, 1, 2]  # the copies pass a loose fixed threshold
+    decisions, threshold = probe.decide_separated(centroids, centroids, want=3)
+    assert decisions.kept_rows == [0, 3, 4] and threshold < 0.5
+    assert decisions.outcome == ["kept", "duplicate", "duplicate", "kept", "kept", "no_face"]
+    assert decisions.nearest[1] == 0 and decisions.nearest_cos[1] > threshold
+    kept = centroids[decisions.kept_rows]
+    assert (kept @ kept.T - 2 * np.eye(3)).max() <= threshold
+    few, _ = probe.decide_separated(centroids, centroids, want=10)  # fewer qualify
+    assert few.kept_rows == [0, 1, 2, 3, 4]
+
+
+def test_separated_probes_are_the_kept_identities_first_samples(tmp_path):
+    """The whole pool is probed with the run's own seeds, so a kept identity's probe
+    images are its first generated samples, byte for byte."""
+    import tarfile
+
+    from facefoundry.flows.config import load_recipe
+    from facefoundry.flows.stages import build
+
+    recipe = tiny_recipe(
+        tmp_path,
+        DEFAULT_MODEL,
+        identities={
+            "count": 3,
+            "method": "fitted",
+            "tau": 0.3,
+            "probe": {"candidates": 2.0, "samples": 2, "select": "separated"},
+        },
+        generate={"steps": 4, "guidance_scale": 3.0},
+    )
+    build(load_recipe(recipe), tmp_path / "runs", stop_after="generate")
+    folder = tmp_path / "runs" / "tiny" / "identities"
+    funnel = json.loads((folder / "probe_funnel.json").read_text())
+    assert funnel["probed"] == funnel["candidates"] == 6  # the whole pool
+    assert funnel["realised"] == 3 and "separation" in funnel
+
+    def members(stage):
+        found = {}
+        for tar in sorted((folder.parent / stage).glob("part-*.tar")):
+            with tarfile.open(tar) as archive:
+                for member in archive.getmembers():
+                    found[member.name] = archive.extractfile(member).read()
+        return found
+
+    probes, samples = members("identities/probes"), members("generate")
+    kept = pq.read_table(folder / "identities.parquet").column("identity").to_pylist()
+    shared = [name for name in samples if int(name[:7]) in kept and name in probes]
+    assert len(shared) >= 2 * 3  # two probe images of every kept identity
+    assert all(probes[name] == samples[name] for name in shared)
