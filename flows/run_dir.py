@@ -41,6 +41,11 @@ class RunDir:
         return self.stage("identities") / "identities.parquet"
 
     @property
+    def probes(self) -> Path:
+        """The probe funnel's chunks (``identities.probe``): the probed identities' first samples."""
+        return self.stage("identities") / "probes"
+
+    @property
     def generate(self) -> Path:
         return self.stage("generate")
 

@@ -140,6 +140,10 @@ def generate_unit(run: RunDir, part: int, identity_ids: list[int]) -> str:
     """One chunk of the recipe's generator family (the same contract for every family)."""
     recipe = load_run_recipe(run)
     module = family_of(recipe.generate).load()
+    probe = recipe.identities.probe
+    reuse = {}  # probes conditioned on the requested vector are these identities' samples
+    if probe is not None and probe.condition == "original" and getattr(module, "REUSES_DRAWN", 0):
+        reuse["drawn"] = run.probes
     path = module.generate_chunk(
         run.identities,
         identity_ids,
@@ -148,6 +152,7 @@ def generate_unit(run: RunDir, part: int, identity_ids: list[int]) -> str:
         recipe.generate,
         recipe.seed,
         cache_dir=run.cache,
+        **reuse,
     )
     return str(path)
 

@@ -61,8 +61,9 @@ def write_chunk(
     from facefoundry.shards.tarformat import archive_end, encode_members
 
     members = []
-    for row, image in zip(rows, images, strict=True):
-        members.append((f"{row['key']}.jpg".encode(), encode_face_jpeg(image, jpeg_quality)))
+    for row, image in zip(rows, images, strict=True):  # bytes: a JPEG copied as it is
+        data = image if isinstance(image, bytes) else encode_face_jpeg(image, jpeg_quality)
+        members.append((f"{row['key']}.jpg".encode(), data))
         members.append((f"{row['key']}.json".encode(), json.dumps(row, sort_keys=True).encode()))
     body = encode_members(members)
     with atomic_open(tar_path) as handle:
@@ -73,6 +74,30 @@ def write_chunk(
         table if table is not None else pa.Table.from_pylist(rows), parquet_path
     )
     return parquet_path
+
+
+def drawn_samples(folder: str | Path, rows: list[dict], fields: tuple[str, ...]) -> dict:
+    """{key: JPEG bytes} of the ``rows`` already drawn in ``folder``'s complete chunks
+    (their parquet written), where every one of ``fields`` matches the row."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    wanted = {row["key"]: tuple(row[f] for f in fields) for row in rows}
+    found: dict[str, bytes] = {}
+    for parquet in sorted(Path(folder).glob("part-*.parquet")):
+        if not set(fields) <= set(pq.read_schema(parquet).names):
+            continue
+        table = pq.read_table(parquet, columns=list(fields)).to_pylist()
+        keys = {r["key"] for r in table if wanted.get(r["key"]) == tuple(r[f] for f in fields)}
+        if not keys:
+            continue
+        with tarfile.open(parquet.with_suffix(".tar")) as archive:
+            for member in archive:
+                stem = member.name.rpartition(".")[0]
+                if member.name.endswith(".jpg") and stem in keys:
+                    found[stem] = archive.extractfile(member).read()
+    return found
 
 
 def folder_checksum(folder: str | Path) -> str:

@@ -47,7 +47,10 @@ class FamilyModule(Protocol):
         cache_dir: str | Path | None = None,
     ) -> Path:
         """Write one chunk; per-identity artefacts worth keeping across re-runs with
-        other settings (ID-Booth adapters) go to ``cache_dir``, keyed by their inputs."""
+        other settings (ID-Booth adapters) go to ``cache_dir``, keyed by their inputs.
+        A module with ``REUSES_DRAWN = True`` also takes ``drawn``: a folder of chunks
+        drawn earlier with the same settings and seeds (the probe funnel's), whose
+        samples it copies instead of drawing them again."""
 
     def model_checksum(self, settings: GeneratorSettings) -> str: ...
 

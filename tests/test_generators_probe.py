@@ -181,3 +181,43 @@ def test_separated_probes_are_the_kept_identities_first_samples(tmp_path):
     shared = [name for name in samples if int(name[:7]) in kept and name in probes]
     assert len(shared) >= 2 * 3  # two probe images of every kept identity
     assert all(probes[name] == samples[name] for name in shared)
+
+
+def test_a_chunk_copies_samples_drawn_earlier_with_the_same_seeds_and_draws_the_rest(tmp_path):
+    import tarfile
+
+    from facefoundry.flows.config import Recipe
+    from facefoundry.generators.chunks import write_chunk
+    from facefoundry.generators.identities import write_identities
+    from facefoundry.generators.idiff_face import generate
+    from facefoundry.generators.settings import IdentitySettings
+    from facefoundry.shards.images import encode_face_jpeg
+    from facefoundry.shards.layout import make_key
+
+    torch.manual_seed(0)
+    IDiffFaceModel(tiny_config(id_dim=16)).save_pretrained(tmp_path / "model")
+    document = {"model": str(tmp_path / "model"), "steps": 2, "device": "cpu"}
+    settings = Recipe.model_validate({"generate": document}).generate
+    space = generate.identity_space(settings)
+    identities = tmp_path / "identities.parquet"
+    write_identities(identities, IdentitySettings(count=2, method="uniform"), 5, space)
+    one = settings.model_copy(update={"samples_per_identity": 1})
+    probes = generate.generate_chunk(identities, [0, 1], tmp_path / "probes", 0, one, 11)
+    rows = pq.read_table(probes).to_pylist()  # mark the earlier draw, to see it copied
+    marker = encode_face_jpeg(np.zeros((112, 112, 3), np.uint8), 95)
+    write_chunk(probes.with_suffix(".tar"), probes, rows, [marker, marker], 95)
+    two = settings.model_copy(update={"samples_per_identity": 2})
+
+    def images(out, seed, drawn=None):
+        path = generate.generate_chunk(identities, [0, 1], out, 0, two, seed, drawn=drawn)
+        with tarfile.open(path.with_suffix(".tar")) as archive:
+            return {
+                m.name: archive.extractfile(m).read() for m in archive if m.name.endswith(".jpg")
+            }
+
+    fresh = images(tmp_path / "fresh", 11)
+    reused = images(tmp_path / "reused", 11, drawn=tmp_path / "probes")
+    assert [reused[f"{make_key(i, 0)}.jpg"] for i in (0, 1)] == [marker, marker]
+    assert all(reused[f"{make_key(i, 1)}.jpg"] == fresh[f"{make_key(i, 1)}.jpg"] for i in (0, 1))
+    other_seed = images(tmp_path / "other", 12, drawn=tmp_path / "probes")  # seeds differ
+    assert marker not in other_seed.values()

@@ -108,9 +108,15 @@ def generate_chunk(
     recipe_seed: int,
     progress: bool = False,
     cache_dir: str | Path | None = None,  # no per-identity artefacts to keep
+    drawn: str | Path | None = None,
 ) -> Path:
-    """Generate ``samples_per_identity`` images for each identity of one chunk."""
-    from facefoundry.generators.chunks import chunk_identities, write_chunk
+    """Generate ``samples_per_identity`` images for each identity of one chunk.
+
+    ``drawn``: a folder of chunks drawn earlier with these settings and seeds (the
+    probe funnel's ``identities/probes``); samples found there with the same key, seed
+    and sampling fields are copied instead of drawn again (on CPU the bytes are the
+    same either way: sampling is batch-invariant)."""
+    from facefoundry.generators.chunks import chunk_identities, drawn_samples, write_chunk
     from facefoundry.shards.layout import make_key
 
     tar_path, parquet_path = chunk_paths(out_dir, part)
@@ -147,9 +153,39 @@ def generate_chunk(
                     "prompt": None,
                 }
             )
-    images = sample_with_backoff(pipeline, np.stack(vectors), seeds, settings, progress)
+    copies = drawn_samples(drawn, rows, SAMPLING_FIELDS) if drawn else {}
+    missing = [row for row, sample in enumerate(rows) if sample["key"] not in copies]
+    images: list = [copies.get(sample["key"]) for sample in rows]
+    if missing:
+        fresh = sample_with_backoff(
+            pipeline,
+            np.stack(vectors)[missing],
+            [seeds[row] for row in missing],
+            settings,
+            progress,
+        )
+        for row, image in zip(missing, fresh, strict=True):
+            images[row] = image
+    if copies:
+        logger.info(
+            "chunk %d: %d of %d samples copied from %s", part, len(copies), len(rows), drawn
+        )
     write_chunk(tar_path, parquet_path, rows, images, settings.jpeg_quality)
     return parquet_path
+
+
+# what must match for an earlier drawn sample to stand for this one
+SAMPLING_FIELDS = (
+    "key",
+    "identity",
+    "sample",
+    "seed",
+    "model_checksum",
+    "scheduler",
+    "steps",
+    "guidance_scale",
+)
+REUSES_DRAWN = True  # generate_chunk accepts ``drawn`` (generators/families.py)
 
 
 # --- the family protocol (generators/families.py) -----------------------------------------
