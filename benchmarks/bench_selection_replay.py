@@ -11,6 +11,8 @@ separation that keeps ``--want``):
 - ``map FILE``: the centroids a realisation map predicts (each ``--map``; ``run-map``
   is a map fitted on the rest of the run, never on the pool);
 - ``probe k``: centroids of each identity's first k faces (a probe of k images);
+  ``probe k first`` is the funnel's greedy rule on them instead (candidate order,
+  kept when within tau_inter of no kept one; fewer than ``--want`` when it runs out);
 - ``oracle``: the identity's own 8-face centroid (the best any rule could know).
 
 Plus ``--judge RUN`` (repeatable): how well each map predicts the centroids of other
@@ -80,6 +82,7 @@ def main() -> None:
     from facefoundry.filters.samples import SampleTable
     from facefoundry.filters.settings import FilterSettings
     from facefoundry.filters.stage import resolve_rules
+    from facefoundry.generators.probe import decide
     from facefoundry.generators.realisation import (
         RealisationMap,
         _pair_correlation,
@@ -144,6 +147,10 @@ def main() -> None:
             for rule, scores in rules_for(pool).items():
                 chosen = pick(pool, scores, args.want)
                 kept.setdefault(f"share {share:g}, {rule}", []).append(survived(chosen))
+            for k in probes:  # the funnel's greedy rule at the filter's tau_inter
+                greedy = decide(probes[k][pool], conditions[pool], rules.tau_inter, args.want)
+                chosen = pool[np.array(greedy.kept_rows, dtype=np.int64)]
+                kept.setdefault(f"share {share:g}, probe {k} first", []).append(survived(chosen))
         print({k: v for k, v in kept.items() if k.startswith(f"share {share:g}")}, flush=True)
     # at the run's own scale: n of all its identities (a map fitted on them would know
     # them all, so the model-free rules only)
