@@ -336,8 +336,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if isinstance(probes, dict):
         parts.append(
             "<h2>Realised identities (probe funnel)</h2><p>Each candidate identity was "
-            "probed before bulk generation and kept only if its probe is a usable face "
-            f"separated from the kept ones (cosine &le; {probes.get('tau_inter', '?')}).</p>"
+            "probed (its first samples) before bulk generation and kept only if its probe "
+            "is a usable face separated from the kept ones (cosine &le; "
+            f"{probes.get('separation', probes.get('tau_inter', '?'))}"
+            + (
+                ": the tightest separation that keeps the count wanted"
+                if "separation" in probes
+                else ""
+            )
+            + ").</p>"
             + _table(["step", "candidates"], [[k, v] for k, v in probes.items()])
         )
     metrics = _json(run.filter_metrics) or {}

@@ -181,6 +181,9 @@ def test_separated_probes_are_the_kept_identities_first_samples(tmp_path):
     shared = [name for name in samples if int(name[:7]) in kept and name in probes]
     assert len(shared) >= 2 * 3  # two probe images of every kept identity
     assert all(probes[name] == samples[name] for name in shared)
+    from facefoundry.flows.report import write_report
+
+    assert "the tightest separation" in write_report(folder.parent).read_text()
 
 
 def test_a_chunk_copies_samples_drawn_earlier_with_the_same_seeds_and_draws_the_rest(tmp_path):
