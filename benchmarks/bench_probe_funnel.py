@@ -45,6 +45,20 @@ def subset(faces, rows: np.ndarray):
     )
 
 
+def kept_and_judged(faces, rows) -> dict:
+    """The demo's filter and the dlib judge on the ``rows`` of ``faces``."""
+    from facefoundry.evaluation.generator_quality import identities_survived, judge_figures
+
+    kept = identities_survived(subset(faces, rows))
+    judged = judge_figures(subset(faces, rows))
+    return {
+        "kept": kept["identities_survived"],
+        "duplicates": kept["identities_duplicate"],
+        "judge_gap": judged["judge_gap"],
+        "judge_eer": judged["judge_eer"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
@@ -62,7 +76,6 @@ def main() -> None:
         FILTER_EMBEDDER,
         embed_generated,
         identities_survived,
-        judge_figures,
     )
     from facefoundry.generators.identities import PRIOR_FILE, make_identities
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
@@ -92,15 +105,7 @@ def main() -> None:
     resolve_tau = identities_survived(subset(faces, is_sample & (identity < 2)))["tau_inter"]
 
     def final(chosen: np.ndarray) -> dict:
-        rows = is_sample & np.isin(identity, chosen)
-        kept = identities_survived(subset(faces, rows))
-        judged = judge_figures(subset(faces, rows))
-        return {
-            "kept": kept["identities_survived"],
-            "duplicates": kept["identities_duplicate"],
-            "judge_gap": judged["judge_gap"],
-            "judge_eer": judged["judge_eer"],
-        }
+        return kept_and_judged(faces, is_sample & np.isin(identity, chosen))
 
     rows = [
         {

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from bench_probe_funnel import subset
+from bench_probe_funnel import kept_and_judged, subset
 from bench_sampling import Variant
 from common import REPO, finish, machine, save_results
 
@@ -55,7 +55,6 @@ def main() -> None:
         FILTER_EMBEDDER,
         embed_generated,
         identities_survived,
-        judge_figures,
     )
     from facefoundry.generators.identities import draw_identities
     from facefoundry.generators.idiff_face.generate import identity_space
@@ -95,15 +94,7 @@ def main() -> None:
     tau = identities_survived(subset(faces, np.isin(identity, table.ids[:2])))["tau_inter"]
 
     def final(chosen: np.ndarray) -> dict:
-        rows = np.isin(identity, chosen)
-        kept = identities_survived(subset(faces, rows))
-        judged = judge_figures(subset(faces, rows))
-        return {
-            "kept": kept["identities_survived"],
-            "duplicates": kept["identities_duplicate"],
-            "judge_gap": judged["judge_gap"],
-            "judge_eer": judged["judge_eer"],
-        }
+        return kept_and_judged(faces, np.isin(identity, chosen))
 
     rows = [{"setting": "no probe", "share": 1.0, "probes": 0, "rule": None}]
     rows[0].update(final(table.ids[: args.want]), images_per_identity=float(per))

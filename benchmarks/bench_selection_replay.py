@@ -38,18 +38,14 @@ from common import REPO, finish, machine, save_results
 
 
 def read_run(run: Path, model: Path):
-    """(faces table, identity per face, sample index per face, ids, conditions, centroids)."""
-    from facefoundry.evaluation.generator_quality import identity_centroids
+    """(faces table, identity per face, sample index per face, ids, conditions, centroids);
+    the pairs come from the product's own reader (``realisation_runs.run_pairs``)."""
     from facefoundry.filters.samples import read_samples
     from facefoundry.flows.run_dir import RunDir
     from facefoundry.generators.chunks import folder_checksum
     from facefoundry.generators.realisation_runs import run_pairs
 
     folder = RunDir(run)
-    samples = read_samples(run, ["sface", "dlib"])
-    identity = samples.identities.astype(np.int64)
-    sample = np.array([int(key.rsplit("_", 1)[1]) for key in samples.keys])
-    ids, centroids = identity_centroids(samples.vectors("sface"), identity)
     pairs = run_pairs(
         folder.identities,
         folder.generate_parts(),
@@ -58,7 +54,10 @@ def read_run(run: Path, model: Path):
         folder_checksum(model),
         str(run),
     )
-    return samples, identity, sample, ids, pairs.conditions, centroids
+    samples = read_samples(run, ["sface", "dlib"])
+    identity = samples.identities.astype(np.int64)
+    sample = np.array([int(key.rsplit("_", 1)[1]) for key in samples.keys])
+    return samples, identity, sample, pairs.ids, pairs.conditions, pairs.centroids
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -24,8 +24,9 @@ from facefoundry.errors import UsageError
 
 @dataclass
 class RunPairs:
-    """One run's identities with at least two embedded faces: conditions and centroids."""
+    """One run's identities with at least two embedded faces: ids, conditions, centroids."""
 
+    ids: np.ndarray
     conditions: np.ndarray
     centroids: np.ndarray
     faces: int  # usable faces behind the centroids
@@ -77,7 +78,7 @@ def run_pairs(
         raise UsageError(f"{name}: faces of identities {unknown[:3]} not in its identity table")
     rows = [position[int(i)] for i in ids]
     usable = int((valid_rows(vectors) & np.isin(samples.identities, ids)).sum())
-    return RunPairs(table.embeddings[rows].astype(np.float64), centroids, usable)
+    return RunPairs(ids, table.embeddings[rows].astype(np.float64), centroids, usable)
 
 
 def merge_pairs(pairs: list[RunPairs]) -> tuple[np.ndarray, np.ndarray]:

@@ -159,7 +159,7 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
     from facefoundry.generators.realisation import REALISATION_FILE
 
     if args.from_run:
-        realisation = fit_realisation_from_runs(args.model, args.from_run, args.ridge)
+        realisation = fit_from_run_folders(args.model, args.from_run, args.ridge)
         out = realisation.save(args.out or Path(args.model) / REALISATION_FILE)
         print(json.dumps({"out": str(out), **realisation.record["held_out"]}))
         return 0
@@ -190,7 +190,7 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit_realisation_from_runs(model: str, runs: list[str], ridge: float):
+def fit_from_run_folders(model: str, runs: list[str], ridge: float):
     """The map fitted on finished runs (their run folders checked one by one)."""
     import yaml
 
