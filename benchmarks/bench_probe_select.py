@@ -86,6 +86,7 @@ def main() -> None:
         guidance_interval=variant.interval,
         detail_guidance=variant.detail,
         detail_axes=variant.detail_axes,
+        detail_alternate=variant.detail_alternate,
         progress=True,
     )
     generate_s = time.perf_counter() - started

@@ -318,17 +318,20 @@ class Variant:
     interval: tuple[int, int] | None = None
     detail: float = 0.0
     detail_axes: int = 32
+    detail_alternate: bool = False
 
     @classmethod
     def parse(cls, text: str, default_model: str) -> Variant:
-        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES]] (dH: detail guidance)"""
+        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]] (dH: detail
+        guidance; a trailing ``a``: alternating with the unconditional branch)"""
         name, _, spec = text.partition("=")
         model, _, sampling = spec.rpartition(",")
         parts = sampling.split(":")
-        interval, detail, axes = None, 0.0, 32
+        interval, detail, axes, alternate = None, 0.0, 32, False
         for extra in parts[3:]:
             if extra.startswith("d"):
-                value, _, axes_text = extra[1:].partition("@")
+                alternate = extra.endswith("a")
+                value, _, axes_text = extra[1:].removesuffix("a").partition("@")
                 detail, axes = float(value), int(axes_text or 32)
             else:
                 interval = tuple(int(v) for v in extra.split("-"))
@@ -341,13 +344,14 @@ class Variant:
             interval,
             detail,
             axes,
+            alternate,
         )
 
     @property
     def evaluations(self) -> int:
         """UNet evaluations per image (guidance doubles the steps it covers, detail
-        guidance adds one per step)."""
-        extra = self.steps if self.detail else 0
+        guidance adds one per step unless it alternates with the unconditional branch)."""
+        extra = self.steps if self.detail and not self.detail_alternate else 0
         if self.guidance == 1.0:
             return self.steps + extra
         if self.interval is None:
@@ -401,6 +405,7 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
         guidance_interval=variant.interval,
         detail_guidance=variant.detail,
         detail_axes=variant.detail_axes,
+        detail_alternate=variant.detail_alternate,
     )
     seconds = time.perf_counter() - started
     report = quality_report(images, identity_of, vectors, reference)
@@ -413,6 +418,7 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
             + (f" over t in {list(variant.interval)}" if variant.interval else "")
             + (
                 f", detail {variant.detail:g} @ {variant.detail_axes} axes"
+                + (", alternating" if variant.detail_alternate else "")
                 if variant.detail
                 else ""
             ),
@@ -452,7 +458,8 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI] (repeatable)",
+        help="NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]] (repeatable; dH: "
+        "detail guidance h, a: alternating with the unconditional branch)",
     )
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--per-identity", type=int, default=8)

@@ -214,6 +214,52 @@ def test_detail_guidance_adds_one_branch_and_vanishes_when_the_twin_is_the_condi
         bare(identities, [4, 5], steps=2, detail_guidance=1.0)
 
 
+def test_alternating_detail_guidance_takes_two_branches_and_starts_as_plain_guidance():
+    from facefoundry.generators.identities import fit_identity_prior
+    from facefoundry.generators.idiff_face.detail_guidance import major_axes, major_axis_twins
+
+    torch.manual_seed(0)
+    pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")
+    calls = []
+    pipeline.model.register_forward_hook(
+        lambda module, args, output: calls.append((args[2].clone(), args[3]))
+    )
+    rng = np.random.default_rng(4)
+    prior = fit_identity_prior(rng.standard_normal((200, 12)) * np.r_[4.0, 2.0, np.ones(10)])
+    pipeline._axes = {3: major_axes(prior, 3)}
+    identities = rng.standard_normal((2, 12)).astype(np.float32)
+    identities /= np.linalg.norm(identities, axis=1, keepdims=True)
+
+    def sample(steps, **kwargs):
+        calls.clear()
+        images = pipeline(
+            identities, [4, 5], steps=steps, output_size=32, guidance_scale=3.0, **kwargs
+        )
+        return images.astype(np.int16)
+
+    detail = {"detail_guidance": 2.0, "detail_axes": 3}
+    # one step: only the unconditional branch has been evaluated, so no detail term yet
+    assert np.array_equal(sample(1, detail_alternate=True, **detail), sample(1))
+    alternating = sample(6, detail_alternate=True, **detail)
+    assert len(calls) == 6 and {len(identity) for identity, _ in calls} == {16}  # 2 x batch 8
+    twins = major_axis_twins(torch.as_tensor(identities), *pipeline._axes[3])
+    for step, (identity, drop) in enumerate(calls):
+        condition, reference = identity.chunk(2)
+        if step % 2:  # (condition, twin), nothing dropped
+            assert drop is None and torch.allclose(reference[:2], twins)
+        else:  # (unconditional, condition) as plain guidance orders them
+            assert drop.tolist() == [True] * 8 + [False] * 8
+            assert torch.equal(condition, reference)
+    every_step = sample(6, **detail)
+    plain = sample(6)
+    assert np.abs(alternating - plain).mean() > 1
+    assert np.abs(alternating - every_step).mean() > 0  # stale differences: not the same
+    with pytest.raises(ValueError, match="detail_alternate"):
+        pipeline(identities, [4, 5], steps=2, guidance_scale=3.0, detail_alternate=True)
+    with pytest.raises(ValueError, match="detail_alternate"):
+        pipeline(identities, [4, 5], steps=2, detail_alternate=True, **detail)
+
+
 def test_wrong_embedding_dimension_and_missing_model_are_clear_errors(tmp_path):
     model = IDiffFaceModel(tiny_config())
     with pytest.raises(ValueError, match="12-d"):

@@ -131,6 +131,7 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         detail_guidance=args.detail_guidance,
         detail_axes=args.detail_axes,
+        detail_alternate=args.detail_alternate,
         batch_size=args.batch_size,
         chunk_identities=args.chunk,
     )
@@ -182,6 +183,7 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
             "guidance_scale": args.guidance,
             "detail_guidance": args.detail_guidance,
             "detail_axes": args.detail_axes,
+            "detail_alternate": args.detail_alternate,
         },
         progress=True,
     )
@@ -209,7 +211,14 @@ def fit_from_run_folders(model: str, runs: list[str], ridge: float):
         )
         recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.is_file() else {}
         generate = recipe.get("generate", {})
-        sampling = ("scheduler", "steps", "guidance_scale", "detail_guidance", "detail_axes")
+        sampling = (
+            "scheduler",
+            "steps",
+            "guidance_scale",
+            "detail_guidance",
+            "detail_axes",
+            "detail_alternate",
+        )
         sources.append(
             {
                 "run": run.name,
@@ -497,6 +506,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--detail-axes", type=positive_int, default=32, help="axes a detail-guidance twin keeps"
     )
+    sample.add_argument(
+        "--detail-alternate",
+        action="store_true",
+        help="evaluate the unconditional branch and the detail twin on alternate steps "
+        "(two model calls per step instead of three)",
+    )
     sample.add_argument("--batch-size", type=positive_int, default=64)
     sample.add_argument("--chunk", type=positive_int, default=50, help="identities per chunk")
     sample.add_argument("--seed", type=int, default=0, help="recipe seed")
@@ -520,6 +535,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit_map.add_argument("--guidance", type=float, default=3.0)
     fit_map.add_argument("--detail-guidance", type=float, default=1.0)
     fit_map.add_argument("--detail-axes", type=positive_int, default=32)
+    fit_map.add_argument(
+        "--detail-alternate",
+        action="store_true",
+        help="evaluate the unconditional branch and the detail twin on alternate steps "
+        "(two model calls per step instead of three)",
+    )
     fit_map.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit_map.add_argument(
         "--from-run",

@@ -88,6 +88,7 @@ def sample_with_backoff(
                 guidance_interval=settings.guidance_interval,
                 detail_guidance=settings.detail_guidance,
                 detail_axes=settings.detail_axes,
+                detail_alternate=settings.detail_alternate,
                 batch_size=batch,
                 progress=progress,
             )

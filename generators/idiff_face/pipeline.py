@@ -89,18 +89,27 @@ class IDiffFacePipeline:
         guidance_interval: tuple[int, int] | None = None,
         detail_guidance: float = 0.0,
         detail_axes: int = 32,
+        detail_alternate: bool = False,
     ) -> np.ndarray:
         """``guidance_interval`` (lo, hi): guidance only at timesteps lo <= t <= hi, the
         conditional output alone elsewhere (one model call instead of two; Kynkaanniemi
         et al. 2024). None = every step. ``detail_guidance`` h > 0 adds h x (cond -
         cond(twin)) at every step, the twin keeping only the identity prior's
-        ``detail_axes`` strongest axes (``detail_guidance.py``)."""
+        ``detail_axes`` strongest axes (``detail_guidance.py``). ``detail_alternate``:
+        with both guidances, each step evaluates the condition and one reference, the
+        unconditional branch on even steps and the twin on odd ones, reusing the other's
+        last difference (two model calls per step instead of three)."""
         identities = torch.as_tensor(np.asarray(identities), dtype=torch.float32)
         if len(identities) != len(seeds):
             raise ValueError(f"{len(identities)} identities but {len(seeds)} seeds")
         detail = None
         if detail_guidance:
             detail = (float(detail_guidance), *self.major_axes(int(detail_axes)))
+        if detail_alternate and (detail is None or guidance_scale == 1.0 or guidance_interval):
+            raise ValueError(
+                "detail_alternate alternates classifier-free and detail guidance: it needs "
+                "guidance_scale != 1, detail_guidance > 0 and no guidance_interval"
+            )
         images = []
         for index, real in fixed_batches(len(seeds), batch_size, self.device):
             images.append(
@@ -113,6 +122,7 @@ class IDiffFacePipeline:
                     progress,
                     guidance_interval,
                     detail,
+                    detail_alternate,
                 )[:real]
             )
         return (
@@ -131,6 +141,7 @@ class IDiffFacePipeline:
         progress,
         interval=None,
         detail=None,
+        alternate=False,
     ):
         config = self.model.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
@@ -163,7 +174,22 @@ class IDiffFacePipeline:
             from tqdm.auto import tqdm
 
             timesteps = tqdm(timesteps, desc=f"{self.scheduler_name} x{len(seeds)}", leave=False)
-        for t in timesteps:
+        stale = {}  # alternate: the reference differences last evaluated
+        for step, t in enumerate(timesteps):
+            if alternate:
+                output = self._alternate_step(
+                    latents,
+                    t,
+                    scheduler,
+                    identity,
+                    twins,
+                    step % 2,
+                    guidance_scale,
+                    detail[0],
+                    stale,
+                )
+                latents = self._scheduler_step(scheduler, output, t, latents, generators)
+                continue
             guided = use_cfg and (interval is None or interval[0] <= int(t) <= interval[1])
             step_identity, step_drop = (identity_in, drop) if guided else (identity, None)
             if twins is not None:  # one more branch: the condition's major-axis twin
@@ -184,11 +210,7 @@ class IDiffFacePipeline:
                 output = unconditional + guidance_scale * (conditional - unconditional)
             if twin_output is not None:
                 output = output + detail[0] * (conditional - twin_output)
-            step_kwargs = {}
-            if "generator" in scheduler.step.__code__.co_varnames:
-                step_kwargs["generator"] = generators
-            latents = scheduler.step(output.float(), t, latents.float(), **step_kwargs).prev_sample
-            latents = latents.to(self.dtype)
+            latents = self._scheduler_step(scheduler, output, t, latents, generators)
         images = latents
         if self.vae is not None:
             scale = getattr(self.vae.config, "scaling_factor", 1.0)
@@ -199,6 +221,37 @@ class IDiffFacePipeline:
                 images, size=(output_size, output_size), mode="bicubic", align_corners=False
             ).clamp(-1, 1)
         return ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    def _scheduler_step(self, scheduler, output, t, latents, generators):
+        step_kwargs = {}
+        if "generator" in scheduler.step.__code__.co_varnames:
+            step_kwargs["generator"] = generators
+        latents = scheduler.step(output.float(), t, latents.float(), **step_kwargs).prev_sample
+        return latents.to(self.dtype)
+
+    def _alternate_step(self, latents, t, scheduler, identity, twins, odd, scale, detail, stale):
+        """One step of alternating guidance: the condition and, on even steps, the
+        unconditional branch, on odd steps the twin. A fresh unconditional output gives
+        plain classifier-free guidance (bit for bit, when no twin has been evaluated yet);
+        the other reference enters through its last difference from the condition."""
+        n = len(identity)
+        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        t_batch = torch.full((2 * n,), int(t), device=self.device, dtype=torch.long)
+        if odd:  # (condition, twin)
+            conditional, twin = self.model(
+                model_in, t_batch, torch.cat([identity, twins]), None
+            ).chunk(2)
+            stale["twin"] = conditional - twin
+            output = conditional + (scale - 1) * stale["unconditional"]
+            return output + detail * stale["twin"]
+        # (unconditional, condition): the order and formula of plain guidance
+        drop = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+        unconditional, conditional = self.model(
+            model_in, t_batch, torch.cat([identity, identity]), drop.to(self.device)
+        ).chunk(2)
+        stale["unconditional"] = conditional - unconditional
+        output = unconditional + scale * (conditional - unconditional)
+        return output + detail * stale["twin"] if "twin" in stale else output
 
 
 def load_vae(folder: str | Path):

@@ -50,6 +50,7 @@ def fit_model_realisation(
         "guidance_scale": 3.0,
         "detail_guidance": 0.0,
         "detail_axes": 32,
+        "detail_alternate": False,
         **(sampling or {}),
     }
     folder = Path(model)
@@ -67,6 +68,7 @@ def fit_model_realisation(
         guidance_scale=sampling["guidance_scale"],
         detail_guidance=sampling["detail_guidance"],
         detail_axes=sampling["detail_axes"],
+        detail_alternate=sampling["detail_alternate"],
         progress=progress,
     )
     embedder = config.conditioning_embedder

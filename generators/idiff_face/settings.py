@@ -27,4 +27,10 @@ class IDiffFaceSettings(GeneratorSettings):
         "prior's detail_axes strongest axes; spreads identities apart (one more model call)",
     )
     detail_axes: int = Field(32, ge=1, le=4096, description="axes a detail-guidance twin keeps")
+    detail_alternate: bool = Field(
+        False,
+        description="with guidance_scale and detail_guidance: evaluate the unconditional branch "
+        "and the twin on alternate steps, reusing the other's last difference (two model calls "
+        "per step instead of three)",
+    )
     context_noise: float = Field(0.0, ge=0.0, description="std of per-sample identity jitter")
