@@ -29,6 +29,17 @@ def test_unknown_top_level_section_is_rejected(tmp_path):
         load_recipe(recipe)
 
 
+def test_alternating_detail_guidance_without_both_guidances_is_a_recipe_error():
+    alternate = ["generate.detail_alternate=true"]
+    recipe = load_recipe(
+        None, [*alternate, "generate.guidance_scale=3", "generate.detail_guidance=1"]
+    )
+    assert recipe.generate.detail_alternate
+    for missing in (["generate.guidance_scale=3"], ["generate.detail_guidance=1"]):
+        with pytest.raises(RecipeError, match="detail_alternate alternates"):
+            load_recipe(None, [*alternate, *missing])
+
+
 def test_set_overrides_are_typed_and_validated():
     recipe = load_recipe(None, ["filter.min_samples=3", "faces.batch_size=3", "seed=7"])
     assert recipe.filter.min_samples == 3 and recipe.faces.batch_size == 3 and recipe.seed == 7

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from facefoundry.generators.settings import GeneratorSettings
 
@@ -34,3 +34,14 @@ class IDiffFaceSettings(GeneratorSettings):
         "per step instead of three)",
     )
     context_noise: float = Field(0.0, ge=0.0, description="std of per-sample identity jitter")
+
+    @model_validator(mode="after")
+    def _check_alternate(self):
+        if self.detail_alternate and (
+            not self.detail_guidance or self.guidance_scale == 1.0 or self.guidance_interval
+        ):
+            raise ValueError(
+                "detail_alternate alternates classifier-free and detail guidance: it needs "
+                "guidance_scale != 1, detail_guidance > 0 and no guidance_interval"
+            )
+        return self
