@@ -383,6 +383,15 @@ def cmd_generator_tiny_sd(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_detail_alternate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detail-alternate",
+        action="store_true",
+        help="evaluate the unconditional branch and the detail twin on alternate steps "
+        "(two model calls per step instead of three)",
+    )
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     generator = commands.add_parser(
         "generator",
@@ -506,12 +515,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--detail-axes", type=positive_int, default=32, help="axes a detail-guidance twin keeps"
     )
-    sample.add_argument(
-        "--detail-alternate",
-        action="store_true",
-        help="evaluate the unconditional branch and the detail twin on alternate steps "
-        "(two model calls per step instead of three)",
-    )
+    add_detail_alternate(sample)
     sample.add_argument("--batch-size", type=positive_int, default=64)
     sample.add_argument("--chunk", type=positive_int, default=50, help="identities per chunk")
     sample.add_argument("--seed", type=int, default=0, help="recipe seed")
@@ -535,12 +539,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit_map.add_argument("--guidance", type=float, default=3.0)
     fit_map.add_argument("--detail-guidance", type=float, default=1.0)
     fit_map.add_argument("--detail-axes", type=positive_int, default=32)
-    fit_map.add_argument(
-        "--detail-alternate",
-        action="store_true",
-        help="evaluate the unconditional branch and the detail twin on alternate steps "
-        "(two model calls per step instead of three)",
-    )
+    add_detail_alternate(fit_map)
     fit_map.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit_map.add_argument(
         "--from-run",

@@ -105,11 +105,12 @@ class IDiffFacePipeline:
         detail = None
         if detail_guidance:
             detail = (float(detail_guidance), *self.major_axes(int(detail_axes)))
-        if detail_alternate and (detail is None or guidance_scale == 1.0 or guidance_interval):
-            raise ValueError(
-                "detail_alternate alternates classifier-free and detail guidance: it needs "
-                "guidance_scale != 1, detail_guidance > 0 and no guidance_interval"
-            )
+        if detail_alternate:
+            from facefoundry.generators.idiff_face.settings import alternate_problem
+
+            problem = alternate_problem(guidance_scale, detail_guidance, guidance_interval)
+            if problem:
+                raise ValueError(problem)
         images = []
         for index, real in fixed_batches(len(seeds), batch_size, self.device):
             images.append(

@@ -9,6 +9,19 @@ from pydantic import Field, model_validator
 from facefoundry.generators.settings import GeneratorSettings
 
 
+def alternate_problem(
+    guidance_scale: float, detail_guidance: float, guidance_interval: object
+) -> str | None:
+    """Why ``detail_alternate`` cannot run with these settings (None: it can). It swaps the
+    unconditional branch and the twin step by step, so it needs both guidances on every step."""
+    if guidance_scale == 1.0 or not detail_guidance or guidance_interval:
+        return (
+            "detail_alternate alternates classifier-free and detail guidance: it needs "
+            "guidance_scale != 1, detail_guidance > 0 and no guidance_interval"
+        )
+    return None
+
+
 class IDiffFaceSettings(GeneratorSettings):
     """An IDiff-Face model folder and how it samples."""
 
@@ -37,11 +50,10 @@ class IDiffFaceSettings(GeneratorSettings):
 
     @model_validator(mode="after")
     def _check_alternate(self):
-        if self.detail_alternate and (
-            not self.detail_guidance or self.guidance_scale == 1.0 or self.guidance_interval
-        ):
-            raise ValueError(
-                "detail_alternate alternates classifier-free and detail guidance: it needs "
-                "guidance_scale != 1, detail_guidance > 0 and no guidance_interval"
+        if self.detail_alternate:
+            problem = alternate_problem(
+                self.guidance_scale, self.detail_guidance, self.guidance_interval
             )
+            if problem:
+                raise ValueError(problem)
         return self
