@@ -365,9 +365,10 @@ class Variant:
         return self.steps + guided + extra
 
 
-def real_faces(people: int, per_person: int, size: int, seed: int = 0):
+def real_faces(people: int | None, per_person: int, size: int, seed: int = 0, min_images: int = 4):
     """LFW DevTrain faces (the generator's training people) at the generator's resolution:
-    ``people`` people with >= 4 images, up to ``per_person`` each, 112 px after shrinking."""
+    ``people`` people (None: all) with >= ``min_images`` images, up to ``per_person``
+    each, 112 px after shrinking."""
     import cv2
 
     from facefoundry.evaluation.variety import shrink_to
@@ -377,7 +378,8 @@ def real_faces(people: int, per_person: int, size: int, seed: int = 0):
     labels = np.asarray(data.labels)
     counts = np.bincount(labels)
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(np.flatnonzero(counts >= 4), size=people, replace=False)
+    eligible = np.flatnonzero(counts >= min_images)
+    chosen = rng.choice(eligible, size=people or len(eligible), replace=False)
     rows = np.concatenate([np.flatnonzero(labels == p)[:per_person] for p in chosen])
     faces = np.stack(
         [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[rows]]
@@ -435,6 +437,7 @@ SHOWN = (
     "face_rate",
     "condition_cos",
     "identities_survived",
+    "judge_identities_survived",
     "identity_dimensions",
     "condition_dimensions",
     "judge_gap",

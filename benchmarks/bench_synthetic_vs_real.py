@@ -197,6 +197,8 @@ def main() -> None:
         "probe_funnel": identities_marker.get("probe_funnel"),
         "identities_kept": comparison["identities_synthetic"],
         "kept_over_requested": round(comparison["identities_synthetic"] / requested, 3),
+        # of the kept identities, those the judge also tells apart (filters.distinct)
+        "judge_distinct_identities": metrics.get("judge_distinct", {}).get("distinct_identities"),
         "leak": leak_figures(run, (recipe.filter.embedder, recipe.filter.judge_embedder)),
         "generate_img_per_s": round(samples / generated["seconds"], 3)
         if generated.get("seconds")

@@ -8,6 +8,7 @@ condition each was drawn for) gives the figures the generator issue is judged on
   (how much of the identity the generator keeps);
 - ``identities_survived``: identities the filter keeps with the demo's rules (the
   calibrated SFace thresholds: samples, then centroid de-duplication at FMR 1e-4);
+  ``judge_identities_survived``: the same rules with dlib deciding (its own thresholds);
 - ``judge_gap`` / ``judge_eer``: genuine-minus-impostor cosine and EER of the judge
   (dlib: a model the generator never saw) over every pair of detected faces;
 - ``identity_dimensions``: the participation ratio of the identities' centroids (filter
@@ -121,6 +122,21 @@ def identities_survived(faces: EmbeddedFaces, settings=None) -> dict:
     }
 
 
+def judge_identities_survived(faces: EmbeddedFaces, settings=None) -> int:
+    """Identities kept by the same rules with the judge (dlib) embedding and deciding at
+    its own calibrated thresholds: a count the generator's SFace-steered training and
+    selection cannot inflate (real LFW people: ~92 of 100, BENCHMARKS.md)."""
+    from facefoundry.filters.settings import FilterSettings
+
+    settings = settings or FilterSettings(
+        embedder=FILTER_EMBEDDER, judge_embedder=JUDGE_EMBEDDER, min_samples=2
+    )
+    swapped = settings.model_copy(
+        update={"embedder": settings.judge_embedder, "judge_embedder": settings.embedder}
+    )
+    return identities_survived(faces, swapped)["identities_survived"]
+
+
 def condition_cos(faces: EmbeddedFaces, conditions: np.ndarray) -> float:
     """Mean cosine between each detected face's filter embedding and its own condition."""
     vectors = faces.vectors[FILTER_EMBEDDER]
@@ -208,6 +224,7 @@ def quality_report(
         "images": int(len(images)),
         "face_rate": float(faces.found.mean()),
         **identities_survived(faces, filter_settings),
+        "judge_identities_survived": judge_identities_survived(faces, filter_settings),
         **judge_figures(faces),
         "identity_dimensions": identity_dimensions(faces),
     }

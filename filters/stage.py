@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from facefoundry.atomic import atomic_path, write_text_atomic
 from facefoundry.filters.calibrate import ResolvedThreshold, resolve_threshold
 from facefoundry.filters.decide import FilterResult, Rules, apply_filters
+from facefoundry.filters.distinct import judge_distinct
 from facefoundry.filters.metrics import dataset_metrics
 from facefoundry.filters.privacy import ReferenceSet, load_reference, training_reference
 from facefoundry.filters.samples import (
@@ -348,6 +349,15 @@ def run_filter(
             backend=settings.search_backend,
         )
         metrics[role] = {"embedder": name, "radius": radius} | figures
+    distinct = {"judge": judge_name, "skipped": "the judge is the filter's embedder"}
+    if judge_name != filter_name and rules.tau_inter is not None:
+        distinct = judge_distinct(
+            table,
+            result.kept,
+            judge_name,
+            resolved["tau_inter"].fmr,
+            settings.calibration,
+        )
     timings["metrics_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
 
@@ -375,6 +385,7 @@ def run_filter(
         **({"privacy_reference": training} if training else {}),
         "funnel": result.funnel,
         "metrics": metrics,
+        "judge_distinct": distinct,
         "timings": timings,
     }
     _write_json(_finite(document), out_dir / METRICS)

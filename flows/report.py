@@ -358,6 +358,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 )
             )
         parts.append(_img(funnel_plot(metrics.get("funnel")), "what each rule removed"))
+        parts.append(_distinct_paragraph(metrics.get("judge_distinct")))
         for label, genuine, impostor in _find_distributions(metrics.get("metrics", {}), []):
             parts.append(
                 _img(
@@ -412,3 +413,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(document)
     return out
+
+
+def _distinct_paragraph(distinct: dict | None) -> str:
+    """The judge's count of distinct kept identities (``filters.distinct``), in words."""
+    if not distinct:
+        return ""
+    if "skipped" in distinct:
+        why = html.escape(str(distinct["skipped"]))
+        return f"<p>Distinct by the judge: not measured ({why}).</p>"
+    return (
+        f"<p>Distinct by the judge: <b>{distinct['distinct_identities']}</b> of the "
+        f"{distinct['kept_identities']} kept identities ({100 * distinct['share']:.0f}%) "
+        f"remain apart when {html.escape(distinct['judge'])}, which did not filter, applies the "
+        f"same de-duplication at its own threshold for the same false-match rate "
+        f"(FMR {distinct['fmr']:.0e}, cosine {distinct['tau']:.3f}). Real LFW people keep "
+        "about 92 of 100 by dlib at FMR 1e-4; a much lower share means identities only the "
+        "filter's embedder tells apart.</p>"
+    )

@@ -129,3 +129,6 @@ def test_privacy_drops_synthetic_identities_that_are_real_people(embedded):
     assert metrics["embedders"]["judge"] == "dlib"
     assert metrics["funnel"]["identities"]["kept"] == 3
     assert metrics["metrics"]["judge"]["after"]["identities"] == 3
+    # three real strangers: the judge (dlib) tells them apart at its own FMR 1e-4 cosine
+    distinct = metrics["judge_distinct"]
+    assert distinct["fmr"] == 1e-4 and distinct["distinct_identities"] == 3

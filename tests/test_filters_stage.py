@@ -124,6 +124,8 @@ def test_run_filter_records_every_decision_and_the_funnel_adds_up(tmp_path):
 
     assert metrics["embedders"] == {"filter": "sface", "judge": "dlib", "privacy": "sface"}
     assert metrics["judge_independent"] is True
+    # a cosine tau_inter far below the calibrated range: no FMR to carry over to the judge
+    assert "false-match rate" in metrics["judge_distinct"]["skipped"]
     judge = metrics["metrics"]["judge"]
     assert judge["embedder"] == "dlib"
     before, after = judge["before"], judge["after"]

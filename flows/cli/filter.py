@@ -225,6 +225,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
         console.print(_funnel_table(document["funnel"]))
         for role, metrics in document["metrics"].items():
             console.print(_metrics_table(f"{role} embedder: {metrics['embedder']}", metrics))
+        distinct = document.get("judge_distinct") or {}
+        if "distinct_identities" in distinct:
+            console.print(
+                f"distinct by the judge ({distinct['judge']}, FMR {distinct['fmr']:g}): "
+                f"{distinct['distinct_identities']} of {distinct['kept_identities']} kept "
+                "identities"
+            )
     print(str(out))
     return 0
 
