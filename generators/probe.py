@@ -224,7 +224,10 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
         separated or decisions is None or len(decisions.kept_rows) < settings.count
     ):
         kept = 0 if decisions is None else len(decisions.kept_rows)
-        size = min(pool - start, max(8, 2 * (settings.count - kept)))
+        if separated:  # the whole pool: chunks of the generate stage's size, so a killed
+            size = min(pool - start, recipe.generate.chunk_identities)  # run resumes
+        else:
+            size = min(pool - start, max(8, 2 * (settings.count - kept)))
         ids = [int(i) for i in candidates.ids[start : start + size]]
         parquet = module.generate_chunk(  # the run's own seeds: probes are first samples
             candidates_path, ids, folder / "probes", part, probe_settings, recipe.seed

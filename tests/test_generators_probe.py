@@ -160,13 +160,15 @@ def test_separated_probes_are_the_kept_identities_first_samples(tmp_path):
             "tau": 0.3,
             "probe": {"candidates": 2.0, "samples": 2, "select": "separated"},
         },
-        generate={"steps": 4, "guidance_scale": 3.0},
+        generate={"steps": 4, "guidance_scale": 3.0, "chunk_identities": 2},
     )
     build(load_recipe(recipe), tmp_path / "runs", stop_after="generate")
     folder = tmp_path / "runs" / "tiny" / "identities"
     funnel = json.loads((folder / "probe_funnel.json").read_text())
     assert funnel["probed"] == funnel["candidates"] == 6  # the whole pool
     assert funnel["realised"] == 3 and "separation" in funnel
+    parts = sorted((folder / "probes").glob("part-*.parquet"))
+    assert len(parts) == 3  # 6 candidates in chunks of the generate stage's 2
 
     def members(stage):
         found = {}
@@ -184,6 +186,19 @@ def test_separated_probes_are_the_kept_identities_first_samples(tmp_path):
     from facefoundry.flows.report import write_report
 
     assert "the tightest separation" in write_report(folder.parent).read_text()
+
+    # killed after two probe chunks: the rerun keeps them and draws only the third
+    kept_before = (folder / "identities.parquet").read_bytes()
+    finished = {p: p.stat().st_mtime_ns for p in parts[:2]}
+    last = parts[2].with_suffix(".tar").read_bytes()
+    for name in ("_SUCCESS.json", "identities.parquet", "probe_funnel.json"):
+        (folder / name).unlink()
+    parts[2].unlink()
+    parts[2].with_suffix(".tar").unlink()
+    build(load_recipe(recipe), tmp_path / "runs", stop_after="identities")
+    assert {p: p.stat().st_mtime_ns for p in parts[:2]} == finished
+    assert parts[2].with_suffix(".tar").read_bytes() == last
+    assert (folder / "identities.parquet").read_bytes() == kept_before
 
 
 def test_a_chunk_copies_samples_drawn_earlier_with_the_same_seeds_and_draws_the_rest(tmp_path):
