@@ -349,8 +349,11 @@ def run_filter(
             backend=settings.search_backend,
         )
         metrics[role] = {"embedder": name, "radius": radius} | figures
-    distinct = {"judge": judge_name, "skipped": "the judge is the filter's embedder"}
-    if judge_name != filter_name and rules.tau_inter is not None:
+    if judge_name == filter_name:
+        distinct = {"judge": judge_name, "skipped": "the judge is the filter's embedder"}
+    elif rules.tau_inter is None:
+        distinct = {"judge": judge_name, "skipped": "no de-duplication (tau_inter: null)"}
+    else:
         distinct = judge_distinct(
             table,
             result.kept,
