@@ -125,8 +125,8 @@ def identities_survived(faces: EmbeddedFaces, settings=None) -> dict:
 def judge_identities_survived(faces: EmbeddedFaces, settings=None) -> int:
     """Identities kept by the same rules with the judge (dlib) embedding and deciding at
     its own calibrated thresholds: a count the generator's SFace-steered training and
-    selection cannot inflate (100 real LFW people: ~68 as 32 px faces, ~92 at full
-    resolution; BENCHMARKS.md)."""
+    selection cannot inflate (100 real LFW people with 4-8 photos: ~48 as 32 px faces,
+    ~82 at full resolution; BENCHMARKS.md)."""
     from facefoundry.filters.settings import FilterSettings
 
     settings = settings or FilterSettings(

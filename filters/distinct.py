@@ -6,10 +6,10 @@ realisation map and probes all use SFace), identities can differ in what that em
 sees and little else. Re-applying the de-duplication to the kept identities with the
 judge's embeddings, at the judge's own threshold for the same false-match rate
 (calibrated on real people), counts the identities an independent model also tells
-apart. Of 100 real LFW people, dlib at FMR 1e-4 keeps ~92 at full resolution and ~68 as
-32 px faces (SFace: 99.5 and 99; BENCHMARKS.md, "Identity capacity by an independent
-judge"); a share far below real faces' at the same resolution flags identities only the
-filter separates.
+apart. Of 100 real LFW people with 4-8 photos, dlib at FMR 1e-4 keeps ~82 at full
+resolution and ~48 as 32 px faces (SFace: 96 and 96.5; BENCHMARKS.md, "Identity capacity
+by an independent judge"); a share far below real faces' at the same resolution flags
+identities only the filter separates.
 """
 
 from __future__ import annotations
