@@ -18,6 +18,7 @@ import numpy as np
 
 from facefoundry.filters.calibrate import CalibrationError, resolve_threshold
 from facefoundry.filters.dedup import greedy_dedup
+from facefoundry.filters.groups import centroid_cosines, centroids, group_mean, valid_rows
 from facefoundry.filters.samples import SampleTable, embedder_name
 from facefoundry.filters.settings import Threshold
 
@@ -44,24 +45,21 @@ def judge_distinct(
     except CalibrationError as error:
         return {"judge": judge, "skipped": str(error).splitlines()[0]}
     vectors = table.vectors(judge)
-    usable = np.asarray(kept, dtype=bool) & np.isfinite(vectors).all(axis=1)
-    groups = np.unique(table.groups[usable])
-    if len(groups) < 2:
+    usable = np.asarray(kept, dtype=bool) & valid_rows(vectors)
+    centres, counts = centroids(vectors, table.groups, table.n_groups, usable)
+    present = counts > 0
+    if present.sum() < 2:
         return {"judge": judge, "skipped": "fewer than two kept identities"}
-    centroids, consistency = [], []
-    for group in groups:
-        members = vectors[usable & (table.groups == group)]
-        centre = members.mean(axis=0)
-        centre /= np.linalg.norm(centre)
-        centroids.append(centre)
-        consistency.append(float((members @ centre).mean()))
-    result = greedy_dedup(np.stack(centroids).astype(np.float32), tau, np.asarray(consistency))
+    consistency = group_mean(
+        centroid_cosines(vectors, table.groups, centres), table.groups, table.n_groups, usable
+    )
+    result = greedy_dedup(centres[present], tau, consistency[present])
     distinct = int(result.kept.sum())
     return {
         "judge": judge,
         "fmr": fmr,
         "tau": round(float(tau), 5),
-        "kept_identities": len(groups),
+        "kept_identities": int(present.sum()),
         "distinct_identities": distinct,
-        "share": round(distinct / len(groups), 4),
+        "share": round(distinct / int(present.sum()), 4),
     }
