@@ -84,6 +84,8 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
     existing_file(args.data, "training set", DATA_HINT)
     if args.init_from:
         existing_dir(args.init_from, "--init-from model folder")
+    if args.grow_attention and not args.init_from:
+        raise UsageError("--grow-attention adds attention to a trained model: give --init-from")
     from facefoundry.generators.idiff_face.config import PAPER_CONFIG, IDiffFaceConfig
     from facefoundry.generators.idiff_face.train import TrainSettings, train_idiff_face
 
@@ -111,6 +113,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         resume=not args.restart,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
         init_from=args.init_from,
+        grow_attention_levels=tuple(args.grow_attention or ()),
     )
     print(json.dumps({"model": str(model)}))
     return 0
@@ -485,6 +488,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="start from a model folder's weights when there is no checkpoint "
         "(e.g. models/idiff-face-lfw)",
+    )
+    train.add_argument(
+        "--grow-attention",
+        type=int,
+        nargs="+",
+        metavar="LEVEL",
+        default=None,
+        help="with --init-from: add identity cross-attention at these resolution levels "
+        "(0 = full, 1 = half, ...); new blocks start at zero, so training starts from the "
+        "old model's exact predictions",
     )
     train.set_defaults(func=cmd_generator_train)
 

@@ -25,6 +25,7 @@ from facefoundry.generators.denoise import predicted_x0
 from facefoundry.generators.identities import PRIOR_FILE, save_identity_prior
 from facefoundry.generators.idiff_face import identity_loss as id_loss
 from facefoundry.generators.idiff_face.config import IDiffFaceConfig
+from facefoundry.generators.idiff_face.grow import grow_attention
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
 from facefoundry.generators.seeds import sample_seed
@@ -452,12 +453,14 @@ def train_idiff_face(
     progress: bool = True,
     max_seconds: float | None = None,
     init_from: str | Path | None = None,
+    grow_attention_levels: tuple[int, ...] = (),
 ) -> Path:
     """Train (or resume) on a training-set file; returns the exported model folder.
 
     ``init_from`` (a model folder, e.g. the committed default model) starts a new run
     from those weights when there is no checkpoint to resume: training can continue
-    on another machine from what is in the repository.
+    on another machine from what is in the repository; ``grow_attention_levels`` adds
+    identity cross-attention at those levels to it first (``grow.grow_attention``).
     """
     data = FaceTrainingSet.load(data_path)
     settings = settings or TrainSettings()
@@ -468,6 +471,8 @@ def train_idiff_face(
         config = IDiffFaceConfig.model_validate(checkpoint.state["config"])
     elif init_from:
         initial = IDiffFaceModel.from_pretrained(init_from)
+        if grow_attention_levels:
+            initial = grow_attention(initial, grow_attention_levels)
         config = initial.config
     config = config or IDiffFaceConfig()
     if not config.conditioning_checksum:
