@@ -313,3 +313,12 @@ def test_run_without_lfw_stops_before_any_stage(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "LFW not found" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_grow_attention_needs_a_trained_model_to_grow(tmp_path, capsys):
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"not read: the flags are refused first")
+    argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), "--grow-attention", "1"]
+    assert main(argv) == 2
+    assert "--grow-attention adds attention to a trained model" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
