@@ -48,7 +48,8 @@ def judge_distinct(
     usable = np.asarray(kept, dtype=bool) & valid_rows(vectors)
     centres, counts = centroids(vectors, table.groups, table.n_groups, usable)
     present = counts > 0
-    if present.sum() < 2:
+    identities = int(present.sum())
+    if identities < 2:
         return {"judge": judge, "skipped": "fewer than two kept identities"}
     consistency = group_mean(
         centroid_cosines(vectors, table.groups, centres), table.groups, table.n_groups, usable
@@ -59,7 +60,7 @@ def judge_distinct(
         "judge": judge,
         "fmr": fmr,
         "tau": round(float(tau), 5),
-        "kept_identities": int(present.sum()),
+        "kept_identities": identities,
         "distinct_identities": distinct,
-        "share": round(distinct / int(present.sum()), 4),
+        "share": round(distinct / identities, 4),
     }
