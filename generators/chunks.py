@@ -102,13 +102,14 @@ def drawn_samples(folder: str | Path, rows: list[dict], fields: tuple[str, ...])
 
 def folder_checksum(folder: str | Path) -> str:
     """SHA-256 over the model's weights and JSON configs (sorted by path): what decides the
-    images, for any generator folder. Training logs (``*history.json``) and pictures do
-    not count, so rewriting a log never changes a sample's metadata."""
+    images, for any generator folder. Training logs (JSON with ``history`` in the name:
+    ``loss_history.json``, ``loss_history_identity_finetune.json``) and pictures do not
+    count, so adding or rewriting a log never changes a sample's metadata."""
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         relevant = path.suffix == ".safetensors" or (
-            path.suffix == ".json" and not path.name.endswith("history.json")
+            path.suffix == ".json" and "history" not in path.stem
         )
         if path.is_file() and relevant:
             digest.update(path.relative_to(folder).as_posix().encode())

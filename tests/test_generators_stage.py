@@ -150,6 +150,7 @@ def test_model_checksum_ignores_training_logs_but_not_weights(tmp_path):
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "idiff-face-lfw", model)
     before = model_checksum(model)
     (model / "loss_history.json").write_text("[]")
+    (model / "loss_history_continued_finetune.json").write_text("[]")  # a fine-tune's log
     (model / "samples.png").write_bytes(b"changed")
     assert model_checksum(model) == before
     weights = model / "id_conditioner.safetensors"
