@@ -319,17 +319,21 @@ class Variant:
     detail: float = 0.0
     detail_axes: int = 32
     detail_alternate: bool = False
+    shared_noise: float = 0.0
 
     @classmethod
     def parse(cls, text: str, default_model: str) -> Variant:
-        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]] (dH: detail
-        guidance; a trailing ``a``: alternating with the unconditional branch)"""
+        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]][:nRHO] (dH: detail
+        guidance; a trailing ``a``: alternating with the unconditional branch; nRHO: each
+        identity's samples share rho of their initial noise's variance)"""
         name, _, spec = text.partition("=")
         model, _, sampling = spec.rpartition(",")
         parts = sampling.split(":")
-        interval, detail, axes, alternate = None, 0.0, 32, False
+        interval, detail, axes, alternate, shared = None, 0.0, 32, False, 0.0
         for extra in parts[3:]:
-            if extra.startswith("d"):
+            if extra.startswith("n"):
+                shared = float(extra[1:])
+            elif extra.startswith("d"):
                 alternate = extra.endswith("a")
                 value, _, axes_text = extra[1:].removesuffix("a").partition("@")
                 detail, axes = float(value), int(axes_text or 32)
@@ -345,6 +349,7 @@ class Variant:
             detail,
             axes,
             alternate,
+            shared,
         )
 
     @property
@@ -396,6 +401,7 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
     rows = np.repeat(np.arange(len(table.ids)), per_id)  # ids need not be 0..n-1
     identity_of = table.ids[rows]
     seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
+    shared = [sample_seed(0, int(i), 0, "identity-noise") for i in table.ids for _ in range(per_id)]
     vectors = table.embeddings[rows]
     pipe(vectors[:8], seeds[:8], steps=2, guidance_scale=variant.guidance)  # warm-up
     started = time.perf_counter()
@@ -408,6 +414,8 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
         detail_guidance=variant.detail,
         detail_axes=variant.detail_axes,
         detail_alternate=variant.detail_alternate,
+        shared_noise=variant.shared_noise,
+        shared_seeds=shared,
     )
     seconds = time.perf_counter() - started
     report = quality_report(images, identity_of, vectors, reference)
@@ -423,7 +431,8 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
                 + (", alternating" if variant.detail_alternate else "")
                 if variant.detail
                 else ""
-            ),
+            )
+            + (f", shared noise {variant.shared_noise:g}" if variant.shared_noise else ""),
             "evaluations_per_image": variant.evaluations,
             "img_per_s": round(rate, 3),
             "unet_gflops": round(rate * variant.evaluations * UNET_GFLOP_PER_EVAL, 1),
@@ -461,8 +470,9 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]] (repeatable; dH: "
-        "detail guidance h, a: alternating with the unconditional branch)",
+        help="NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]][:nRHO] (repeatable; "
+        "dH: detail guidance h, a: alternating with the unconditional branch, nRHO: an "
+        "identity's samples share rho of their initial noise)",
     )
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--per-identity", type=int, default=8)

@@ -172,6 +172,30 @@ def test_guidance_interval_covering_every_step_is_plain_guidance_bit_for_bit():
     assert not np.array_equal(middle, plain) and not np.array_equal(middle, unguided)
 
 
+def test_shared_noise_correlates_an_identitys_starting_noise_and_zero_is_plain_sampling():
+    torch.manual_seed(0)
+    pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")
+    first_inputs = []
+    pipeline.model.register_forward_hook(lambda module, args, output: first_inputs.append(args[0]))
+    identities = np.random.default_rng(3).standard_normal((3, 12)).astype(np.float32)
+    seeds, shared = [4, 5, 6], [11, 11, 12]  # samples 0 and 1 share their identity's seed
+    plain = pipeline(identities, seeds, steps=3, output_size=32)
+    assert np.array_equal(
+        pipeline(identities, seeds, steps=3, output_size=32, shared_noise=0.0, shared_seeds=shared),
+        plain,
+    )
+    first_inputs.clear()
+    pipeline(identities, seeds, steps=3, output_size=32, shared_noise=0.5, shared_seeds=shared)
+    start = first_inputs[0][:3].flatten(1)
+    correlation = torch.corrcoef(start)
+    assert correlation[0, 1] > 0.3 and abs(correlation[0, 2]) < 0.2
+    assert abs(float(start.std()) - 1.0) < 0.15  # still unit variance
+    with pytest.raises(ValueError, match="shared seed"):
+        pipeline(identities, seeds, steps=3, shared_noise=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        pipeline(identities, seeds, steps=3, shared_noise=1.0, shared_seeds=shared)
+
+
 def test_detail_guidance_adds_one_branch_and_vanishes_when_the_twin_is_the_condition():
     from facefoundry.generators.identities import fit_identity_prior
     from facefoundry.generators.idiff_face.detail_guidance import major_axes, major_axis_twins

@@ -90,6 +90,8 @@ class IDiffFacePipeline:
         detail_guidance: float = 0.0,
         detail_axes: int = 32,
         detail_alternate: bool = False,
+        shared_noise: float = 0.0,
+        shared_seeds: list[int] | None = None,
     ) -> np.ndarray:
         """``guidance_interval`` (lo, hi): guidance only at timesteps lo <= t <= hi, the
         conditional output alone elsewhere (one model call instead of two; Kynkaanniemi
@@ -98,10 +100,17 @@ class IDiffFacePipeline:
         ``detail_axes`` strongest axes (``detail_guidance.py``). ``detail_alternate``:
         with both guidances, each step evaluates the condition and one reference, the
         unconditional branch on even steps and the twin on odd ones, reusing the other's
-        last difference (two model calls per step instead of three)."""
+        last difference (two model calls per step instead of three). ``shared_noise``
+        rho > 0: each sample's initial noise is sqrt(1 - rho) x its own plus sqrt(rho) x
+        one drawn from ``shared_seeds`` (one seed per identity, repeated over its
+        samples), so an identity's samples share part of their coarse structure."""
         identities = torch.as_tensor(np.asarray(identities), dtype=torch.float32)
         if len(identities) != len(seeds):
             raise ValueError(f"{len(identities)} identities but {len(seeds)} seeds")
+        if not 0.0 <= shared_noise < 1.0:
+            raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
+        if shared_noise and (shared_seeds is None or len(shared_seeds) != len(seeds)):
+            raise ValueError("shared_noise needs one shared seed per sample")
         detail = None
         if detail_guidance:
             detail = (float(detail_guidance), *self.major_axes(int(detail_axes)))
@@ -124,6 +133,7 @@ class IDiffFacePipeline:
                     guidance_interval,
                     detail,
                     detail_alternate,
+                    (shared_noise, [shared_seeds[i] for i in index]) if shared_noise else None,
                 )[:real]
             )
         return (
@@ -143,11 +153,18 @@ class IDiffFacePipeline:
         interval=None,
         detail=None,
         alternate=False,
+        shared=None,
     ):
         config = self.model.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
         generators = generators_for(seeds)  # CPU generators: identical noise on any device
         latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        if shared is not None:
+            rho, shared_seeds = shared
+            common = torch.stack(
+                [torch.randn(shape, generator=g) for g in generators_for(shared_seeds)]
+            )
+            latents = (1 - rho) ** 0.5 * latents + rho**0.5 * common
         latents = latents.to(self.device, self.dtype)
         identity = identity.to(self.device, self.dtype)
         use_cfg = guidance_scale != 1.0
