@@ -229,3 +229,16 @@ def test_a_map_fitted_on_finished_runs_predicts_what_they_drew(tmp_path, capsys)
     assert main([*argv, "--from-run", str(other.root)]) == 2
     error = capsys.readouterr().err
     assert "other weights" in error and len(error.strip().splitlines()) == 1
+
+
+def test_the_shipped_realisation_map_was_fitted_on_the_shipped_weights():
+    """Retraining the default model without refitting its map is caught here (the map
+    predicts what other weights drew)."""
+    from pathlib import Path
+
+    from facefoundry.generators.chunks import folder_checksum
+    from facefoundry.generators.realisation import RealisationMap
+
+    model = Path(__file__).resolve().parents[1] / "models" / "idiff-face-lfw"
+    record = RealisationMap.load(model / "realisation_map.npz").record
+    assert record["model_checksum"] == folder_checksum(model)
