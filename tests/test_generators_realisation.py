@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from facefoundry.errors import UsageError
+from facefoundry.generators.chunks import folder_checksum
 from facefoundry.generators.realisation import (
     RealisationMap,
     fit_realisation_map,
@@ -234,11 +235,6 @@ def test_a_map_fitted_on_finished_runs_predicts_what_they_drew(tmp_path, capsys)
 def test_the_shipped_realisation_map_was_fitted_on_the_shipped_weights():
     """Retraining the default model without refitting its map is caught here (the map
     predicts what other weights drew)."""
-    from pathlib import Path
-
-    from facefoundry.generators.chunks import folder_checksum
-    from facefoundry.generators.realisation import RealisationMap
-
     model = Path(__file__).resolve().parents[1] / "models" / "idiff-face-lfw"
     record = RealisationMap.load(model / "realisation_map.npz").record
     assert record["model_checksum"] == folder_checksum(model)
