@@ -20,6 +20,7 @@ _EXPORTS = {
     "verification_metrics": "protocol",
     "evaluate_bin": "verify",
     "evaluate_lfw": "verify",
+    "evaluate_lfw_sets": "verify",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,6 +10,7 @@ dot product (cosine similarity, -1..1).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from abc import ABC, abstractmethod
 from functools import lru_cache
@@ -173,7 +174,9 @@ class OnnxEmbedder(Embedder):
     Sub/Mul take raw 0..255 RGB; others take (x - 127.5) / 127.5.
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 32, threads: int = 0):
+    def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None):
+        """``threads=None`` follows ``OMP_NUM_THREADS`` (the budget torch gets too), so
+        worker processes that each own one core do not each start a pool per core."""
         import onnx
         import onnxruntime as ort
 
@@ -186,6 +189,8 @@ class OnnxEmbedder(Embedder):
         first_ops = [node.op_type for node in graph.node[:8]]
         raw_input = "Sub" in first_ops and "Mul" in first_ops
         self._mean, self._std = (0.0, 1.0) if raw_input else (127.5, 127.5)
+        if threads is None:
+            threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

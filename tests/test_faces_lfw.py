@@ -106,3 +106,20 @@ def test_cli_eval_lfw_writes_the_documented_json(lfw_root, tmp_path):
         assert key in figures
     assert figures["pairs"] == 100 and figures["embedder"] == "sface"
     assert figures["accuracy"] > 0.9
+
+
+def test_one_pass_over_two_pair_sets_scores_each_as_alone(lfw, tmp_path):
+    """The evaluate stage embeds DevTest and View 2's shared images once: same figures."""
+    from facefoundry.evaluation.verify import evaluate_lfw, evaluate_lfw_sets
+    from tests.helpers.recognizers import export_tiny_recognizer
+
+    path = tmp_path / "tiny.onnx"
+    export_tiny_recognizer(path)
+    spec, options = f"onnx:{path}", {"workers": 1, "flip_tta": False, "folds": [0]}
+    shared = evaluate_lfw_sets(spec, ["devtest", "view2"], progress=False, **options)
+    assert set(shared) == {"devtest", "view2"}
+    for name in shared:
+        alone = evaluate_lfw(spec, name, progress=False, **options)
+        for key in ("accuracy", "auc", "eer", "pairs", "images", "undetected", "unusable"):
+            assert shared[name][key] == alone[key], (name, key)
+    assert shared["devtest"]["benchmark"] == "lfw-devtest"

@@ -5,35 +5,13 @@ import pytest
 import torch
 
 from facefoundry.faces import get_embedder
-
-
-class TinyRecognizer(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 4, stride=2, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(4),
-            torch.nn.Flatten(),
-            torch.nn.Linear(128, 16),
-        )
-
-    def forward(self, x):
-        return self.body(x)
+from facefoundry.faces.embedders import OnnxEmbedder
+from tests.helpers.recognizers import export_tiny_recognizer
 
 
 def test_onnx_embedder_matches_torch(tmp_path):
-    torch.manual_seed(0)
-    model = TinyRecognizer().eval()
     path = tmp_path / "tiny.onnx"
-    torch.onnx.export(
-        model,
-        torch.zeros(1, 3, 112, 112),
-        path,
-        input_names=["input"],
-        dynamic_axes={"input": {0: "batch"}},
-        dynamo=False,
-    )
+    model = export_tiny_recognizer(path)
     embedder = get_embedder(f"onnx:{path}")
     assert embedder.dim == 16 and embedder.batch_size > 1
     faces = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
@@ -50,3 +28,13 @@ def test_onnx_embedder_rejects_non_image_models(tmp_path):
     torch.onnx.export(torch.nn.Linear(4, 2), torch.zeros(1, 4), path, dynamo=False)
     with pytest.raises(ValueError, match="N x 3 x H x W"):
         get_embedder(f"onnx:{path}")
+
+
+def test_onnx_threads_follow_the_omp_budget(tmp_path, monkeypatch):
+    """A face worker owns one core: its onnxruntime must not start a pool per core."""
+    path = tmp_path / "tiny.onnx"
+    export_tiny_recognizer(path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert OnnxEmbedder(path)._session.get_session_options().intra_op_num_threads == 1
+    explicit = OnnxEmbedder(path, threads=2)
+    assert explicit._session.get_session_options().intra_op_num_threads == 2
