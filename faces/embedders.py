@@ -190,7 +190,8 @@ class OnnxEmbedder(Embedder):
         raw_input = "Sub" in first_ops and "Mul" in first_ops
         self._mean, self._std = (0.0, 1.0) if raw_input else (127.5, 127.5)
         if threads is None:
-            threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+            budget = os.environ.get("OMP_NUM_THREADS", "")
+            threads = int(budget) if budget.strip().isdigit() else 0  # 0: onnxruntime's default
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

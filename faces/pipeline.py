@@ -192,7 +192,8 @@ def _init_worker(detector_spec: str, embedder_spec: str, threads: int) -> None:
 
     cv2.setNumThreads(threads)
     # forced, not a default: a spawned worker inherits the parent's budget (e.g. 2), and
-    # 2 workers x 2 onnxruntime threads on 2 cores ran no faster than one process
+    # 2 workers x 2 onnxruntime threads on 2 cores evaluated LFW 1.46x slower
+    # (benchmarks/bench_evaluate.py)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     _WORKER["detector"] = get_detector(detector_spec)
     _WORKER["embedder"] = get_embedder(embedder_spec)

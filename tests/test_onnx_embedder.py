@@ -38,3 +38,5 @@ def test_onnx_threads_follow_the_omp_budget(tmp_path, monkeypatch):
     assert OnnxEmbedder(path)._session.get_session_options().intra_op_num_threads == 1
     explicit = OnnxEmbedder(path, threads=2)
     assert explicit._session.get_session_options().intra_op_num_threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "two")  # not a count: onnxruntime's own default
+    assert OnnxEmbedder(path)._session.get_session_options().intra_op_num_threads == 0
