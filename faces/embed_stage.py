@@ -188,6 +188,72 @@ def embed_items(
     return table.replace_schema_metadata(meta)
 
 
+_POOLS: dict[tuple, object] = {}  # (detector, embedders, workers) -> a process pool
+
+
+def _init_pool_worker(detector: str, embedders: Sequence[str]) -> None:
+    """One thread per pool process, forced: a spawned worker inherits the parent's
+    OMP budget (e.g. 2), and 2 workers x 2 threads on 2 cores only oversubscribe."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    worker_models(detector, embedders, threads=1)
+
+
+def _embed_slice(items: list, detector: str, embedders: Sequence[str], options: dict):
+    found, models = worker_models(detector, embedders, threads=1)
+    return embed_items(items, found, models, **options)
+
+
+def _pool(detector: str, embedders: Sequence[str], workers: int):
+    """A spawn process pool kept for this process's life, its models loaded once per
+    worker (the embed stage calls it once per part)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    key = (detector, tuple(embedders), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ProcessPoolExecutor(
+            workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_pool_worker,
+            initargs=(detector, list(embedders)),
+        )
+    return _POOLS[key]
+
+
+def embed_items_parallel(
+    items: Sequence[tuple[str, object, bytes | str]],
+    detector: str,
+    embedders: Sequence[str],
+    workers: int = 1,
+    **options,
+) -> pa.Table:
+    """``embed_items`` over slices of ``batch_size`` items, shared among ``workers``
+    processes (1: this process); rows in input order.
+
+    Why: the embed stage's tasks run one at a time on the local threads runner, and dlib
+    and OpenCV's SFace use one thread each, so a part used one core of two. Every worker
+    count embeds the same slices, so the table does not depend on it: OpenCV's SFace
+    gives vectors that differ in the 7th digit when a face is batched with other faces.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    items = list(items)
+    size = int(options.get("batch_size", 64))
+    slices = [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+    arguments = ([detector] * len(slices), [list(embedders)] * len(slices))
+    if workers <= 1 or len(slices) == 1:
+        tables = list(map(_embed_slice, slices, *arguments, [options] * len(slices)))
+    else:
+        pool = _pool(detector, embedders, workers)
+        try:
+            tables = list(pool.map(_embed_slice, slices, *arguments, [options] * len(slices)))
+        except BrokenProcessPool:  # a worker died (e.g. out of memory): the next call
+            _POOLS.pop((detector, tuple(embedders), workers), None)  # starts afresh
+            raise
+    # a slice without errors has a null-typed error column: promote it to the others'
+    return pa.concat_tables(tables, promote_options="default")
+
+
 def stats_path(part_path: str | Path) -> Path:
     """``part-00000.parquet`` -> ``part-00000_stats.json`` (written last: the part is complete)."""
     part_path = Path(part_path)
@@ -212,16 +278,17 @@ def embed_partition(
     detector: str = "yunet",
     embedders: Sequence[str] = ("sface", "dlib"),
     options: dict | None = None,
+    workers: int = 1,
 ) -> dict:
-    """Task body: embed one partition into ``out_path`` and write its ``_stats.json``.
+    """Task body: embed one partition into ``out_path`` and write its ``_stats.json``;
+    ``workers`` > 1 shares the part among that many local processes.
 
     Both files are written beside and renamed; the stats file comes last, so its
     presence marks a complete part (img2dataset's resume rule).
     """
     started, cpu = time.perf_counter(), time.process_time()
-    found, models = worker_models(detector, embedders)
     items = partition_items(partition)
-    table = embed_items(items, found, models, **(options or {}))
+    table = embed_items_parallel(items, detector, embedders, workers, **(options or {}))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -233,7 +300,8 @@ def embed_partition(
         "detector": detector,
         "embedders": list(embedders),
         "seconds": time.perf_counter() - started,
-        "cpu_seconds": time.process_time() - cpu,
+        "cpu_seconds": time.process_time() - cpu,  # this process only (not its pool)
+        "workers": workers,
     } | model_loads()
     stats = stats_path(out)
     write_text_atomic(stats, json.dumps(summary, indent=2) + "\n")

@@ -159,8 +159,9 @@ def generate_unit(run: RunDir, part: int, identity_ids: list[int]) -> str:
 
 # --- embed (chunked) ------------------------------------------------------------------------
 def embed_section(recipe: Recipe) -> dict:
+    speed_only = ("batch_size", "workers")
     return {
-        "faces": {k: v for k, v in _dump(recipe, "faces").items() if k != "batch_size"},
+        "faces": {k: v for k, v in _dump(recipe, "faces").items() if k not in speed_only},
         "embedders": embedders_for(recipe),
     }
 
@@ -171,6 +172,7 @@ def embed_plan(run: RunDir, recipe: Recipe) -> list[tuple]:
 
 def embed_unit(run: RunDir, tar_path: str) -> dict:
     from facefoundry.faces.embed_stage import Partition, embed_partition, is_done
+    from facefoundry.faces.settings import embed_workers
 
     recipe = load_run_recipe(run)
     embedders = embedders_for(recipe)
@@ -188,6 +190,9 @@ def embed_unit(run: RunDir, tar_path: str) -> dict:
             "no_face": recipe.faces.no_face,
             "batch_size": recipe.faces.batch_size,
         },
+        workers=embed_workers(
+            recipe.faces, recipe.orchestration.runner, recipe.orchestration.max_workers
+        ),
     )
 
 

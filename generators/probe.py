@@ -188,7 +188,7 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     Writes ``identities.parquet`` (the kept identities, candidate ids kept), and beside it
     ``candidates.parquet``, ``probes/`` (the probe chunks) and ``probe_funnel.json``.
     """
-    from facefoundry.faces.embed_stage import worker_models
+    from facefoundry.faces.settings import embed_workers
     from facefoundry.filters.calibrate import resolve_threshold
     from facefoundry.filters.samples import embedder_name
     from facefoundry.generators.families import family_of
@@ -216,7 +216,9 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     module = family_of(recipe.generate).load()
     probe_settings = recipe.generate.model_copy(update={"samples_per_identity": probe.samples})
     separated = probe.select == "separated"
-    detector, models = worker_models(recipe.faces.detector, [embedder])
+    workers = embed_workers(  # as the embed stage: probes are judged as samples
+        recipe.faces, recipe.orchestration.runner, recipe.orchestration.max_workers
+    )
     decisions: ProbeDecisions | None = None
     start, part = 0, 0
     probed: list[np.ndarray] = []
@@ -236,8 +238,8 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
             Path(parquet).with_suffix(".tar"),
             ids,
             probe.samples,
-            detector,
-            models,
+            embedder,
+            workers,
             recipe.faces,
             recipe.filter,
         )
@@ -298,10 +300,10 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     return funnel
 
 
-def _embed_probe_chunk(tar_path, ids, samples, detector, models, face_settings, filter_settings):
+def _embed_probe_chunk(tar_path, ids, samples, embedder, workers, face_settings, filter_settings):
     """Filter-embedder vectors of a probe chunk (candidate-major, ``samples`` rows each)
     and which rows pass the filter's face rules."""
-    from facefoundry.faces.embed_stage import Partition, embed_items, partition_items
+    from facefoundry.faces.embed_stage import Partition, embed_items_parallel, partition_items
     from facefoundry.filters.sample_rules import face_reasons
     from facefoundry.shards.layout import make_key
 
@@ -310,16 +312,17 @@ def _embed_probe_chunk(tar_path, ids, samples, detector, models, face_settings, 
         for key, who, data in partition_items(Partition("probe", source=str(tar_path)))
     }
     items = [found[make_key(i, s)] for i in ids for s in range(samples)]
-    table = embed_items(
+    table = embed_items_parallel(
         items,
-        detector,
-        models,
+        face_settings.detector,
+        [embedder],
+        workers,
         policy=face_settings.selection,
         no_face=face_settings.no_face,
         batch_size=face_settings.batch_size,
     )
-    name = models[0].name
-    vectors = np.stack(table.column(f"embedding_{name}").to_numpy(zero_copy_only=False))
+    (column,) = [name for name in table.column_names if name.startswith("embedding_")]
+    vectors = np.stack(table.column(column).to_numpy(zero_copy_only=False))
     reasons = face_reasons(  # the filter's own sample rules, so a probe is judged as a sample
         np.array(table.column("status").to_pylist(), dtype=object),
         vectors,

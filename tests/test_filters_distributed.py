@@ -93,3 +93,35 @@ def test_finished_parts_are_skipped_on_resume(tmp_path):
     assert paths[0].stat().st_mtime_ns == stamps[0] and paths[2].stat().st_mtime_ns == stamps[2]
     assert stats_path(paths[1]).is_file()
     assert not is_done(paths[0], "yunet", ["sface", "dlib"])  # other models: not done
+
+
+def _same(left: np.ndarray, right: np.ndarray) -> bool:
+    return np.array_equal(left, right, equal_nan=True)
+
+
+def test_a_part_shared_among_processes_gives_the_same_table(lfw):
+    """The embed stage's parallel path (slices of a part on 2 spawned processes) returns
+    exactly the one-process table: rows in order, failures recorded, same vectors; and
+    slicing moves a vector only in float rounding against one call over the whole list."""
+    from facefoundry.evaluation.lfw import image_name
+    from facefoundry.faces.embed_stage import embed_items, embed_items_parallel, worker_models
+
+    names = [image_name(person, 1) for person in ("Aaron_Peirsol", "Abdullah_Gul", "Ai_Sugiyama")]
+    items = [(key, index, data) for index, (key, data) in enumerate(lfw.read_many(names))]
+    items[1:1] = [("grey", 9, _png(128)), ("broken", 9, b"\x89PNG broken")]
+    options = {"policy": "central", "no_face": "reject", "batch_size": 2}
+    one = embed_items_parallel(items, "yunet", ["sface", "dlib"], 1, **options)
+    shared = embed_items_parallel(items, "yunet", ["sface", "dlib"], 2, **options)
+    detector, models = worker_models("yunet", ["sface", "dlib"])
+    whole = embed_items(items, detector, models, **options)
+    assert shared.schema == one.schema == whole.schema  # the error column too (null slices)
+    assert shared.column("key").to_pylist() == [key for key, _, _ in items]
+    assert shared.column("status").to_pylist() == ["ok", "no_face", "bad_image", "ok", "ok"]
+    for name in ("status", "error", "identity", "n_faces", "box", "landmarks"):
+        assert shared.column(name).to_pylist() == one.column(name).to_pylist(), name
+    for name in ("det_score", "embedding_sface", "embedding_dlib"):
+        left = np.array(shared.column(name).to_pylist(), dtype=float)
+        assert _same(left, np.array(one.column(name).to_pylist(), dtype=float)), name
+        right = np.array(whole.column(name).to_pylist(), dtype=float)
+        assert np.allclose(left, right, atol=1e-5, equal_nan=True), name
+    assert np.isfinite(np.array(shared.column("embedding_dlib").to_pylist()[0])).all()
