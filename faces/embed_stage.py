@@ -189,9 +189,9 @@ def embed_items(
 
 
 _POOLS: dict[tuple, object] = {}  # (detector, embedders, workers) -> a process pool
-# Items per slice of a part: small enough that 2 workers get even shares of a 200-image
+# Items per slice of a part: few enough that 2 workers get even shares of a 200-image
 # part (slices of 64 left one worker 128 images, the other 72: 1.49x, not 2x), and no
-# smaller than the batches of the default embedders (SFace 8, dlib 16): their calls keep their size.
+# fewer than the default embedders' own batches (SFace 8, dlib 16), which keep their size.
 SLICE_ITEMS = 16
 
 
