@@ -62,3 +62,23 @@ def test_shipped_recipes_validate():
     assert recipes, "recipes/ should ship at least the demo recipe"
     for path in recipes:
         load_recipe(path)
+
+
+def test_embed_workers_follow_the_runner_and_do_not_change_the_stage_inputs():
+    """faces.workers is speed only: explicit wins; Dask workers are the processes (1);
+    on the threads runner each chunk task gets its share of the cores."""
+    import os
+
+    from facefoundry.faces.settings import embed_workers
+    from facefoundry.flows.stage_table import embed_section
+
+    cores = len(os.sched_getaffinity(0))
+    recipe = load_recipe(None, [])
+    assert embed_workers(recipe.faces) == cores
+    assert embed_workers(recipe.faces, "threads", max_workers=2) == max(1, cores // 2)
+    assert embed_workers(recipe.faces, "dask") == 1
+    three = load_recipe(None, ["faces.workers=3"])
+    assert embed_workers(three.faces, "dask") == 3
+    assert embed_section(three) == embed_section(recipe)
+    with pytest.raises(RecipeError):
+        load_recipe(None, ["faces.workers=0"])
