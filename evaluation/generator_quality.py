@@ -18,7 +18,7 @@ condition each was drawn for) gives the figures the generator issue is judged on
   spread inside an identity, as a ratio to real faces at the same resolution.
 
 The images go through the same path as a run: JPEG 95, detect, align, embed
-(``faces.embed_stage.embed_items``), then the filter's own rules (``filters.decide``).
+(``faces.embed_stage.embed_items_parallel``), then the filter's own rules (``filters.decide``).
 """
 
 from __future__ import annotations
@@ -54,13 +54,18 @@ def embed_generated(
     embedders: tuple[str, ...] = (FILTER_EMBEDDER, JUDGE_EMBEDDER),
     detector: str = "yunet",
     jpeg_quality: int = 95,
+    workers: int | None = None,
 ) -> EmbeddedFaces:
-    """Encode as a run stores them, then detect once and embed with every embedder."""
+    """Encode as a run stores them, then detect once and embed with every embedder, on
+    ``workers`` processes (default: one per core), as the embed stage does."""
     import cv2
 
-    from facefoundry.faces.embed_stage import embed_items, worker_models
+    from facefoundry.faces.embed_stage import embed_items_parallel, worker_models
+    from facefoundry.faces.settings import FaceSettings, embed_workers
 
-    detect, models = worker_models(detector, list(embedders))
+    _, models = worker_models(detector, list(embedders))  # names and checksums
+    if workers is None:
+        workers = embed_workers(FaceSettings())
     items = []
     for row, (image, who) in enumerate(zip(images, identity, strict=True)):
         ok, data = cv2.imencode(
@@ -69,7 +74,7 @@ def embed_generated(
         if not ok:
             raise ValueError(f"image {row} could not be encoded")
         items.append((f"{int(who):07d}_{row:06d}", int(who), data.tobytes()))
-    table = embed_items(items, detect, models)
+    table = embed_items_parallel(items, detector, list(embedders), workers)
     landmarks = np.full((len(items), 5, 2), np.nan, dtype=np.float32)
     for row, points in enumerate(table.column("landmarks").to_pylist()):
         if points:
