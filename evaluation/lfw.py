@@ -58,6 +58,22 @@ def image_name(person: str, number: int) -> str:
     return f"{person}/{person}_{int(number):04d}.jpg"
 
 
+def archive_key(path: Path, sample: int = 1 << 20) -> str:
+    """The archive's cache folder name: its size and a hash of its first and last MiB.
+
+    Why not its mtime: a data folder provisioned again with the same archive gets a new
+    mtime, and each one cost a fresh decompression and another 130 MB of cache."""
+    import hashlib
+
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(sample))
+        handle.seek(max(size - sample, 0))
+        digest.update(handle.read(sample))
+    return f"{size}-{digest.hexdigest()[:16]}"
+
+
 class Lfw:
     """One LFW copy: protocol files plus image bytes by relative name."""
 
@@ -89,8 +105,7 @@ class Lfw:
     def _ensure_index(self) -> None:
         if self._index is not None or self.folder.is_dir():
             return
-        stat = self.archive.stat()
-        target = cache_dir() / "lfw" / f"{stat.st_size}-{int(stat.st_mtime)}"
+        target = cache_dir() / "lfw" / archive_key(self.archive)
         tar_path, index_path = target / f"{FOLDER_NAME}.tar", target / "index.json"
         if not index_path.is_file():
             target.mkdir(parents=True, exist_ok=True)

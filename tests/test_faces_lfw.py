@@ -123,3 +123,32 @@ def test_one_pass_over_two_pair_sets_scores_each_as_alone(lfw, tmp_path):
         for key in ("accuracy", "auc", "eer", "pairs", "images", "undetected", "unusable"):
             assert shared[name][key] == alone[key], (name, key)
     assert shared["devtest"]["benchmark"] == "lfw-devtest"
+
+
+def test_the_archive_cache_survives_a_new_mtime_but_not_new_content(tmp_path, monkeypatch):
+    """A data folder provisioned again (same archive, new mtime) reuses the decompressed
+    cache; an archive with other content gets its own."""
+    import io
+    import os
+    import tarfile
+
+    from facefoundry.evaluation.lfw import Lfw
+
+    def write_archive(root, data: bytes) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "pairs.txt").write_text("1\t1\n")
+        with tarfile.open(root / "lfw-deepfunneled.tgz", "w:gz") as tar:
+            info = tarfile.TarInfo("lfw-deepfunneled/A_B/A_B_0001.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    monkeypatch.setenv("FACEFOUNDRY_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "lfw"
+    write_archive(root, b"first")
+    assert Lfw(root).read("A_B/A_B_0001.jpg") == b"first"
+    os.utime(root / "lfw-deepfunneled.tgz", (1e9, 1e9))  # provisioned again
+    assert Lfw(root).read("A_B/A_B_0001.jpg") == b"first"
+    assert len(list((tmp_path / "cache").rglob("index.json"))) == 1
+    write_archive(root, b"second")
+    assert Lfw(root).read("A_B/A_B_0001.jpg") == b"second"
+    assert len(list((tmp_path / "cache").rglob("index.json"))) == 2
