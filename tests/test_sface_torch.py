@@ -80,3 +80,23 @@ def test_rejects_unknown_ops():
     )
     with pytest.raises(ValueError, match="Relu"):
         OnnxGraphModule(helper.make_model(graph))
+
+
+def test_per_channel_prelu_equals_the_onnx_formula_with_its_gradient():
+    """The fast path (torch's prelu) gives exactly ONNX PRelu's where(x >= 0, x, slope x),
+    values and gradients, on negative, zero and positive inputs."""
+    from facefoundry.recognition.sface_torch import _prelu
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 5, generator=generator)
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1e-30])
+    slope = torch.randn(4, 1, 1, generator=generator)
+    fast_input, plain_input = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    fast = _prelu(fast_input, slope)
+    plain = torch.where(plain_input >= 0, plain_input, plain_input * slope)
+    assert torch.equal(fast, plain)
+    weights = torch.randn(fast.shape, generator=generator)
+    (fast * weights).sum().backward()
+    (plain * weights).sum().backward()
+    nonzero = x != 0  # at exactly 0 the subgradient is a convention; elsewhere it is not
+    assert torch.equal(fast_input.grad[nonzero], plain_input.grad[nonzero])
