@@ -208,13 +208,15 @@ def _embed_slice(items: list, detector: str, embedders: Sequence[str], options: 
 
 
 def _pool(detector: str, embedders: Sequence[str], workers: int):
-    """A spawn process pool kept for this process's life, its models loaded once per
-    worker (the embed stage calls it once per part)."""
+    """A spawn process pool, its models loaded once per worker, kept until other models
+    are asked for (the embed stage calls it once per part; at most one pool lives)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     key = (detector, tuple(embedders), workers)
     if key not in _POOLS:
+        for other in list(_POOLS):  # one pool at a time (e.g. the probes' before the stage's):
+            _POOLS.pop(other).shutdown(wait=False)  # its submitted work still finishes
         _POOLS[key] = ProcessPoolExecutor(
             workers,
             mp_context=get_context("spawn"),
