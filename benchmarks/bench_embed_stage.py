@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, finish, machine, median_spread, save_results  # noqa: I001
+from common import REPO, finish, interleaved, machine, median_spread, save_results  # noqa: I001
 
 EMBEDDERS = ["sface", "dlib"]
 OPTIONS = {"policy": "central", "no_face": "reject", "batch_size": 64}
@@ -88,14 +87,7 @@ def main() -> None:
         "sliced": lambda: sliced(parts, 1),
         "shared": lambda: sliced(parts, args.workers),
     }
-    seconds: dict[str, list[float]] = {name: [] for name in ways}
-    tables: dict[str, list] = {}
-    for repeat in range(args.repeats):
-        for name, way in ways.items():  # interleaved: a slow spell hits every way alike
-            started = time.perf_counter()
-            tables[name] = way()
-            seconds[name].append(time.perf_counter() - started)
-            print(f"repeat {repeat + 1} {name}: {seconds[name][-1]:.1f} s")
+    seconds, tables = interleaved(ways, args.repeats)
     statuses_match = column_list(tables["before"], "status") == column_list(
         tables["sliced"], "status"
     )

@@ -14,11 +14,10 @@ that scores other numbers fails `same_accuracy`). Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, finish, machine, median_spread, save_results  # noqa: I001
+from common import REPO, finish, interleaved, machine, median_spread, save_results  # noqa: I001
 
 SETS = ("devtest", "view2")
 
@@ -64,14 +63,7 @@ def main() -> None:
         "per_set": lambda: per_set(spec, worker_threads=1),
         "shared_pass": lambda: shared_pass(spec),
     }
-    seconds: dict[str, list[float]] = {name: [] for name in ways}
-    accuracy: dict[str, dict] = {}
-    for repeat in range(args.repeats):
-        for name, way in ways.items():  # interleaved: a slow spell hits every way alike
-            started = time.perf_counter()
-            accuracy[name] = way()
-            seconds[name].append(time.perf_counter() - started)
-            print(f"repeat {repeat + 1} {name}: {seconds[name][-1]:.1f} s {accuracy[name]}")
+    seconds, accuracy = interleaved(ways, args.repeats)
     figures = {
         "model": str(model),
         "seconds": {name: median_spread(values, 1) for name, values in seconds.items()},

@@ -90,3 +90,17 @@ def describe(values, unit: str = "", digits: int = 3) -> str:
     if s["n"] == 1:
         return f"{s['median']}{unit} (1 run: no spread)"
     return f"median {s['median']}{unit} (min {s['min']} - max {s['max']} over {s['n']} runs)"
+
+
+def interleaved(ways: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """Run every way once per repeat, in turn (a slow spell of the machine hits every way
+    alike): (seconds per way, each way's last result)."""
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    results: dict = {}
+    for repeat in range(repeats):
+        for name, way in ways.items():
+            started = time.perf_counter()
+            results[name] = way()
+            seconds[name].append(time.perf_counter() - started)
+            print(f"repeat {repeat + 1} {name}: {seconds[name][-1]:.1f} s")
+    return seconds, results
