@@ -48,21 +48,19 @@ def before(parts: list[list]) -> list:
 def sliced(parts: list[list], workers: int) -> list:
     from facefoundry.faces import embed_stage
 
-    for pool in embed_stage._POOLS.values():  # a fresh pool: its start is part of the cost
-        pool.shutdown()
-    embed_stage._POOLS.clear()
+    embed_stage.close_pools()  # a fresh pool: its start is part of the cost
     return [
         embed_stage.embed_items_parallel(items, "yunet", EMBEDDERS, workers, **OPTIONS)
         for items in parts
     ]
 
 
-def column(tables: list, name: str) -> np.ndarray:
-    return np.array([v for t in tables for v in t.column(name).to_pylist()], dtype=float)
-
-
 def column_list(tables: list, name: str) -> list:
     return [v for t in tables for v in t.column(name).to_pylist()]
+
+
+def column(tables: list, name: str) -> np.ndarray:
+    return np.array(column_list(tables, name), dtype=float)
 
 
 def same_table(left: list, right: list) -> bool:

@@ -226,6 +226,12 @@ def _pool(detector: str, embedders: Sequence[str], workers: int):
     return _POOLS[key]
 
 
+def close_pools() -> None:
+    """Stop the embed pools of this process (the next parallel call starts afresh)."""
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown()
+
+
 def embed_items_parallel(
     items: Sequence[tuple[str, object, bytes | str]],
     detector: str,
