@@ -23,6 +23,9 @@ shares its identities: use other seeds.
 Usage: python benchmarks/bench_selection_replay.py --run runs/cpu10k-d1
     [--map models/idiff-face-lfw/realisation_map.npz] [--judge runs/s9/demo-p4-s1]
     [--want 100] [--share 2 --share 4] [--trials 6] [--scale 300 --scale 600]
+    [--curve 150 --curve 300 ...]
+``--curve n``: identities the filter keeps of n drawn at random from the run, no rule
+(median, min, max over the trials): how capacity grows with the identities drawn.
 Last line: one JSON object (median kept per rule and share, map figures per judge run).
 """
 
@@ -73,6 +76,13 @@ def main() -> None:
     parser.add_argument("--want", type=int, default=100)
     parser.add_argument("--share", type=float, action="append", default=[])
     parser.add_argument("--scale", type=int, action="append", default=[])
+    parser.add_argument(
+        "--curve",
+        type=int,
+        action="append",
+        default=[],
+        help="n: identities kept of n drawn at random from the run (no rule), per trial",
+    )
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--probes", type=int, default=3, help="largest probe size k")
     parser.add_argument("--name", default="bench_selection_replay")
@@ -163,6 +173,13 @@ def main() -> None:
         ):
             at_scale[f"{n} of {len(ids)}, {rule}"] = survived(pick(everyone, scores, n))
     print(at_scale, flush=True)
+    # how the kept count grows with the identities drawn, no selection (capacity curve)
+    curve = {}
+    for n in sorted(set(args.curve)):
+        draws = [survived(rng.permutation(len(ids))[:n]) for _ in range(args.trials)]
+        curve[str(n)] = {"median": statistics.median(draws), "min": min(draws), "max": max(draws)}
+    if curve:
+        print({"curve": curve}, flush=True)
     judged = {}
     for judge in args.judge:
         _, _, _, _, judge_conditions, judge_centroids = read_run(Path(judge), model)
@@ -188,6 +205,7 @@ def main() -> None:
         "kept_median": {k: statistics.median(v) for k, v in kept.items()},
         "kept": kept,
         "at_scale": at_scale,
+        "curve": curve,
         "maps_on_judge_runs": judged,
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
