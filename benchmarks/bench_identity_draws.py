@@ -113,6 +113,7 @@ def main() -> None:
         **{k: best.get(k) for k in SHOWN},
         "real_min_photos": args.real_min_photos,
         "real_32": {k: real.get(k) for k in SHOWN if k in real},
+        "real_people": len(set(labels.tolist())),
         "rows": [
             {k: r.get(k) for k in ("spread", "pool", "map", "condition_cos", *SHOWN)} for r in rows
         ],

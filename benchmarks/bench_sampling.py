@@ -373,7 +373,7 @@ class Variant:
 def real_faces(people: int | None, per_person: int, size: int, seed: int = 0, min_images: int = 4):
     """LFW DevTrain faces (the generator's training people) at the generator's resolution:
     ``people`` people (None: all) with >= ``min_images`` images, up to ``per_person``
-    each, 112 px after shrinking."""
+    each (all eligible people when fewer than ``people``), 112 px after shrinking."""
     import cv2
 
     from facefoundry.evaluation.variety import shrink_to
@@ -384,7 +384,8 @@ def real_faces(people: int | None, per_person: int, size: int, seed: int = 0, mi
     counts = np.bincount(labels)
     rng = np.random.default_rng(seed)
     eligible = np.flatnonzero(counts >= min_images)
-    chosen = rng.choice(eligible, size=people or len(eligible), replace=False)
+    # more people asked for than DevTrain holds: all of them (the caller reports the count)
+    chosen = rng.choice(eligible, size=min(people or len(eligible), len(eligible)), replace=False)
     rows = np.concatenate([np.flatnonzero(labels == p)[:per_person] for p in chosen])
     faces = np.stack(
         [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[rows]]
