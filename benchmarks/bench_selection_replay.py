@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, finish, machine, save_results
+from common import REPO, finish, machine, median_spread, save_results
 
 
 def read_run(run: Path, model: Path):
@@ -177,7 +177,7 @@ def main() -> None:
     curve = {}
     for n in sorted(set(args.curve)):
         draws = [survived(rng.permutation(len(ids))[:n]) for _ in range(args.trials)]
-        curve[str(n)] = {"median": statistics.median(draws), "min": min(draws), "max": max(draws)}
+        curve[str(n)] = median_spread(draws, digits=1)
     if curve:
         print({"curve": curve}, flush=True)
     judged = {}
