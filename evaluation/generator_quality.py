@@ -152,12 +152,18 @@ def condition_cos(faces: EmbeddedFaces, conditions: np.ndarray) -> float:
 
 
 def separation(vectors: np.ndarray, identity: np.ndarray) -> dict:
-    """Gap (mean genuine - mean impostor cosine) and EER over every pair of rows."""
+    """Gap (mean genuine - mean impostor cosine) and EER over every pair of rows.
+
+    Scores come from one Gram matrix (n^2 floats) rather than gathering both rows of every
+    pair (n^2 x dim floats: 23 GB for the 9,525 faces of LFW DevTrain)."""
     from facefoundry.evaluation.protocol import equal_error_rate
 
-    first, second = np.triu_indices(len(vectors), k=1)
-    scores = np.sum(vectors[first] * vectors[second], axis=1)
-    same = identity[first] == identity[second]
+    vectors = np.asarray(vectors, dtype=np.float32)
+    identity = np.asarray(identity)
+    upper = np.triu(np.ones((len(vectors), len(vectors)), dtype=bool), k=1)
+    scores = (vectors @ vectors.T)[upper]  # row-major, the order of np.triu_indices
+    same = (identity[:, None] == identity[None, :])[upper]
+    del upper
     if not same.any() or same.all():
         return {"gap": float("nan"), "eer": float("nan")}
     return {

@@ -4,7 +4,11 @@ whose dimension is known."""
 import numpy as np
 import pytest
 
-from facefoundry.evaluation.generator_quality import identity_centroids, participation_ratio
+from facefoundry.evaluation.generator_quality import (
+    identity_centroids,
+    participation_ratio,
+    separation,
+)
 
 
 def test_an_isotropic_cloud_spreads_over_its_own_dimensions_and_a_line_over_one():
@@ -30,3 +34,20 @@ def test_centroids_skip_missing_rows_and_identities_with_one_usable_face():
     assert ids.tolist() == [0, 2] and centroids.shape == (2, 3)
     np.testing.assert_allclose(centroids[0], [2**-0.5, 2**-0.5, 0])
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1)
+
+
+def test_separation_scores_every_pair_once_as_the_pairwise_definition_does():
+    rng = np.random.default_rng(1)
+    identity = np.repeat(np.arange(6), 4)
+    centres = rng.standard_normal((6, 16))
+    vectors = centres[identity] + 0.5 * rng.standard_normal((24, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    genuine, impostor = [], []
+    for i in range(24):
+        for j in range(i + 1, 24):
+            (genuine if identity[i] == identity[j] else impostor).append(vectors[i] @ vectors[j])
+    figures = separation(vectors, identity)
+    assert figures["genuine_pairs"] == 6 * 6 and figures["impostor_pairs"] == 276 - 36
+    assert figures["genuine_cos"] == pytest.approx(np.mean(genuine), abs=1e-5)
+    assert figures["gap"] == pytest.approx(np.mean(genuine) - np.mean(impostor), abs=1e-5)
+    assert figures["gap"] > 0.2 and 0 <= figures["eer"] < 0.2
