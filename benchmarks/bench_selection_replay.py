@@ -23,9 +23,12 @@ shares its identities: use other seeds.
 Usage: python benchmarks/bench_selection_replay.py --run runs/cpu10k-d1
     [--map models/idiff-face-lfw/realisation_map.npz] [--judge runs/s9/demo-p4-s1]
     [--want 100] [--share 2 --share 4] [--trials 6] [--scale 300 --scale 600]
-    [--curve 150 --curve 300 ...]
+    [--curve 150 --curve 300 ...] [--per-identity 3 --per-identity 8 ...]
 ``--curve n``: identities the filter keeps of n drawn at random from the run, no rule
 (median, min, max over the trials): how capacity grows with the identities drawn.
+``--per-identity k``: identities and images the filter keeps of all the run's identities
+when each has only its first k samples: what more images per identity cost in identities
+(a centroid of more faces sits nearer the others').
 Last line: one JSON object (median kept per rule and share, map figures per judge run).
 """
 
@@ -83,6 +86,13 @@ def main() -> None:
         default=[],
         help="n: identities kept of n drawn at random from the run (no rule), per trial",
     )
+    parser.add_argument(
+        "--per-identity",
+        type=int,
+        action="append",
+        default=[],
+        help="k: identities and images kept of the whole run with each identity's first k faces",
+    )
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--probes", type=int, default=3, help="largest probe size k")
     parser.add_argument("--name", default="bench_selection_replay")
@@ -108,8 +118,7 @@ def main() -> None:
     vectors = samples.vectors("sface")
     usable = np.isfinite(vectors).all(axis=1)
 
-    def survived(rows_of_ids: np.ndarray) -> int:
-        rows = np.isin(identity, ids[rows_of_ids])
+    def filtered(rows: np.ndarray):
         table = SampleTable(
             keys=samples.keys[rows],
             identities=samples.identities[rows],
@@ -119,7 +128,11 @@ def main() -> None:
             det_score=samples.det_score[rows],
             checksums=samples.checksums,
         )
-        return int(sum(r is None for r in apply_filters(table, rules).identities.reason))
+        return apply_filters(table, rules)
+
+    def survived(rows_of_ids: np.ndarray) -> int:
+        result = filtered(np.isin(identity, ids[rows_of_ids]))
+        return int(sum(r is None for r in result.identities.reason))
 
     probes = {}  # k -> unit centroid of the first k faces (NaN without a face in each)
     position = {int(i): row for row, i in enumerate(ids)}
@@ -180,6 +193,16 @@ def main() -> None:
         curve[str(n)] = median_spread(draws, digits=1)
     if curve:
         print({"curve": curve}, flush=True)
+    # what more images per identity cost in identities (the whole run, first k faces each)
+    per_identity = {}
+    for k in sorted(set(args.per_identity)):
+        result = filtered(np.isin(identity, ids) & (sample < k))
+        per_identity[str(k)] = {
+            "kept": int(sum(r is None for r in result.identities.reason)),
+            "images": int(result.kept.sum()),
+        }
+    if per_identity:
+        print({"per_identity": per_identity}, flush=True)
     judged = {}
     for judge in args.judge:
         _, _, _, _, judge_conditions, judge_centroids = read_run(Path(judge), model)
@@ -206,6 +229,7 @@ def main() -> None:
         "kept": kept,
         "at_scale": at_scale,
         "curve": curve,
+        "per_identity": per_identity,
         "maps_on_judge_runs": judged,
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
