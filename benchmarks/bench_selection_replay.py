@@ -29,6 +29,8 @@ Usage: python benchmarks/bench_selection_replay.py --run runs/cpu10k-d1
 ``--per-identity k``: identities and images the filter keeps of all the run's identities
 when each has only its first k samples: what more images per identity cost in identities
 (a centroid of more faces sits nearer the others').
+The run's own filter decisions are summarised too (``duplicates``): how many kept identities
+the removed duplicates hang off, how many each, and at what cosine.
 Last line: one JSON object (median kept per rule and share, map figures per judge run).
 """
 
@@ -64,6 +66,23 @@ def read_run(run: Path, model: Path):
     identity = samples.identities.astype(np.int64)
     sample = np.array([int(key.rsplit("_", 1)[1]) for key in samples.keys])
     return samples, identity, sample, pairs.ids, pairs.conditions, pairs.centroids
+
+
+def duplicate_partners(run: Path) -> dict:
+    """Whether the run's duplicates crowd round a few kept faces or spread over many."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(run / "filter" / "identities.parquet").to_pandas()
+    removed = table[table.reject_reason == "duplicate_identity"]
+    per_partner = removed.duplicate_of.astype(int).value_counts().to_numpy()
+    return {
+        "duplicates": len(removed),
+        "kept": int(table.kept.sum()),
+        "partners": len(per_partner),
+        "per_partner_median": float(np.median(per_partner)) if len(per_partner) else 0.0,
+        "per_partner_max": int(per_partner.max()) if len(per_partner) else 0,
+        "cos_median": round(float(removed.duplicate_cos.median()), 4),
+    }
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -203,6 +222,8 @@ def main() -> None:
         }
     if per_identity:
         print({"per_identity": per_identity}, flush=True)
+    duplicates = duplicate_partners(Path(args.run))
+    print({"duplicates": duplicates}, flush=True)
     judged = {}
     for judge in args.judge:
         _, _, _, _, judge_conditions, judge_centroids = read_run(Path(judge), model)
@@ -230,6 +251,7 @@ def main() -> None:
         "at_scale": at_scale,
         "curve": curve,
         "per_identity": per_identity,
+        "duplicates": duplicates,
         "maps_on_judge_runs": judged,
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
