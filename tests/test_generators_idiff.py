@@ -536,3 +536,57 @@ def test_person_batches_draw_people_uniformly_not_images():
         share[sampling] = float((torch.from_numpy(labels)[rows] == 0).float().mean())
     assert share["image"] > 0.85
     assert 0.05 < share["person"] < 0.15
+
+
+def test_drawn_rows_score_the_models_own_faces_for_new_conditions_and_resume(tmp_path):
+    from facefoundry.generators.idiff_face.drawn_pool import POOL_FILE
+
+    def trainer():
+        torch.manual_seed(0)
+        config = tiny_config(id_dim=128, cpd_p=0.0, conditioning_embedder="sface")
+        settings = TrainSettings(
+            steps=3,
+            batch_size=4,
+            learning_rate=3e-3,
+            warmup_steps=1,
+            checkpoint_every=1000,
+            log_every=3,
+            identity_weight=0.5,
+            identity_contrast_weight=0.25,
+            drawn_rows=3,
+            drawn_identities=6,
+        )
+        return Trainer(IDiffFaceModel(config), tiny_data(n=32, dim=128), settings, tmp_path)
+
+    first = trainer()
+    pool = first.drawn
+    assert pool["faces"].shape == (6, 3, 16, 16) and pool["conditions"].shape == (6, 128)
+    assert pool["faces"].abs().max() <= 1.0 and pool["faces"].std() > 0
+    # negatives: the 32 training people, then every drawn condition
+    assert torch.allclose(pool["negatives"][32:], F.normalize(pool["conditions"], dim=1))
+    x0, condition, timesteps, noise = first.drawn_batch(0)
+    assert timesteps.max() < 0.6 * first.config.num_train_timesteps  # where the terms count
+    first.model.eval()
+    with torch.no_grad():
+        terms = first.loss_terms(0)
+        regular = first.terms(*(t for t in first._batch(0)))
+    assert float(terms["drawn_identity"]) > 0 and float(terms["drawn_contrast"]) > 0
+    expected = regular["loss"] + 0.5 * terms["drawn_identity"] + 0.25 * terms["drawn_contrast"]
+    assert torch.allclose(terms["loss"], expected, atol=1e-6)
+    first.model.train()  # the drawn terms alone reach the model's weights
+    first.drawn_terms(x0, condition, timesteps, noise)["drawn_contrast"].backward()
+    assert first.model.conditioner.to_context.weight.grad.abs().sum() > 0
+    first.model.zero_grad()
+    first.fit(progress=False)
+    assert np.isfinite(first.history[-1]["drawn_contrast"])
+    # a resumed run reads the same pool instead of drawing a new one
+    assert (tmp_path / POOL_FILE).is_file()
+    again = trainer()
+    assert torch.equal(again.drawn["faces"], pool["faces"])
+    with pytest.raises(ValueError, match="identity terms only"):
+        Trainer(
+            IDiffFaceModel(tiny_config(id_dim=128, conditioning_embedder="sface")),
+            tiny_data(n=32, dim=128),
+            TrainSettings(drawn_rows=2),
+            tmp_path / "other",
+        )

@@ -104,6 +104,8 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         identity_max_rows=args.identity_max_rows,
         identity_space=args.identity_space,
         batch_sampling=args.batch_sampling,
+        drawn_rows=args.drawn_rows,
+        drawn_identities=args.drawn_identities,
     )
     model = train_idiff_face(
         args.data,
@@ -474,6 +476,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="raw",
         help="compare embeddings as raw SFace cosines, or whitened by the training people's "
         "covariance so every axis of identity counts alike",
+    )
+    train.add_argument(
+        "--drawn-rows",
+        type=int,
+        default=0,
+        help="rows per step of faces the starting weights drew for conditions from the fitted "
+        "prior, scored by the identity terms only (0 = off; needs an identity weight)",
+    )
+    train.add_argument(
+        "--drawn-identities",
+        type=int,
+        default=1500,
+        help="drawn conditions in that pool, one face each (default 1500)",
     )
     train.add_argument(
         "--batch-sampling",

@@ -79,6 +79,12 @@ class TrainSettings(BaseModel):
     # 9,525 images), so per-image batches pull the model toward a few faces. "person" draws
     # a person uniformly, then one of their images.
     batch_sampling: str = Field("image", pattern="^(image|person)$")
+    # drawn-identity rows (drawn_pool.py): this many rows per step are faces the starting
+    # weights drew for conditions from the fitted prior (a pool of drawn_identities),
+    # noised to t <= identity_max_t * T and scored by the identity and contrast terms
+    # only (same weights), the pool's other conditions among the negatives. 0 = off.
+    drawn_rows: int = Field(0, ge=0)
+    drawn_identities: int = Field(1500, ge=2)
 
 
 class Ema:
@@ -191,6 +197,10 @@ class Trainer:
         if self.uses_recognizer and settings.identity_space == "whitened":
             self.identity_space = id_loss.whitening(F.normalize(self.embeddings.float(), dim=1))
         self.person_rows = _PersonRows(np.asarray(data.labels))
+        self.drawn = None
+        self.last_drawn: dict[str, float] = {}
+        if settings.drawn_rows:
+            self.drawn = self._drawn_pool(model, data)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
@@ -203,6 +213,62 @@ class Trainer:
     @property
     def uses_recognizer(self) -> bool:
         return self.settings.identity_weight > 0 or self.settings.identity_contrast_weight > 0
+
+    def _drawn_pool(self, model: IDiffFaceModel, data: FaceTrainingSet) -> dict:
+        """The drawn-identity rows' pool and negatives (``drawn_pool.py``)."""
+        from facefoundry.generators.idiff_face.drawn_pool import load_or_draw_pool
+
+        if not self.uses_recognizer:
+            raise ValueError(
+                "drawn_rows are scored by the identity terms only: set identity_weight or "
+                "identity_contrast_weight > 0"
+            )
+        if self.config.latent:
+            raise ValueError("drawn_rows need a pixel-space model (faces drawn at sample_size)")
+        pool = load_or_draw_pool(
+            self.out_dir, model, data.embeddings, self.settings.drawn_identities, self.settings.seed
+        )
+        if self.negatives is not None:  # training people and every drawn condition
+            pool["negatives"] = torch.cat([self.negatives, F.normalize(pool["conditions"], dim=1)])
+        return pool
+
+    def drawn_batch(self, step: int):
+        """Step ``step``'s drawn-identity rows: pool faces, their conditions, timesteps
+        uniform on [0, identity_max_t * T) (the terms weigh nothing above), noise."""
+        generator = torch.Generator().manual_seed(
+            sample_seed(self.settings.seed, self.accelerator.process_index, step, "drawn")
+        )
+        rows = self.settings.drawn_rows
+        index = torch.randint(0, len(self.drawn["faces"]), (rows,), generator=generator)
+        cutoff = max(1, int(self.settings.identity_max_t * self.config.num_train_timesteps))
+        timesteps = torch.randint(0, cutoff, (rows,), generator=generator)
+        x0 = self.drawn["faces"][index]
+        noise = torch.randn(x0.shape, generator=generator)
+        return x0, self.drawn["conditions"][index], timesteps, noise
+
+    def drawn_terms(self, x0, identity, timesteps, noise) -> dict:
+        """``drawn_identity`` and ``drawn_contrast``: the identity terms of the model's
+        prediction from re-noised drawn faces (no denoising term)."""
+        noisy = self.noise.add_noise(x0, noise, timesteps)
+        drop = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+        with self.accelerator.autocast():
+            predicted = self.model(noisy, timesteps, identity, drop)
+        weights = id_loss.identity_weights(
+            timesteps, self.config.num_train_timesteps, self.settings.identity_max_t
+        ).to(x0.device)
+        predicted_faces = predicted_x0(
+            self.noise.alphas_cumprod, noisy, predicted, timesteps, self.config.prediction_type
+        )
+        terms = id_loss.identity_terms(
+            predicted_faces,
+            identity,
+            self.recognizer,
+            weights,
+            negatives=self.drawn.get("negatives"),
+            scale=self.settings.identity_contrast_scale,
+            space=self.identity_space,
+        )
+        return {"drawn_identity": terms["identity"], "drawn_contrast": terms["contrast"]}
 
     def _prepare_samples(self, data: FaceTrainingSet, vae) -> torch.Tensor:
         """Faces as model inputs: [-1, 1] pixels at sample_size, or VAE latents."""
@@ -264,7 +330,16 @@ class Trainer:
         torch.manual_seed(
             sample_seed(self.settings.seed, self.accelerator.process_index, step, "dropout")
         )
-        return self.terms(x0, identity, timesteps, noise, drop)
+        terms = self.terms(x0, identity, timesteps, noise, drop)
+        if self.drawn is None:
+            return terms
+        drawn = self.drawn_terms(*(t.to(device) for t in self.drawn_batch(step)))
+        terms["loss"] = (
+            terms["loss"]
+            + self.settings.identity_weight * drawn["drawn_identity"]
+            + self.settings.identity_contrast_weight * drawn["drawn_contrast"]
+        )
+        return {**terms, **drawn}
 
     def terms(self, x0, identity, timesteps, noise, drop) -> dict:
         """The loss terms of one batch (device tensors): see ``loss_terms``."""
@@ -353,6 +428,11 @@ class Trainer:
             self.last_identity = float(terms["identity"].detach())
         if terms.get("contrast") is not None:
             self.last_contrast = float(terms["contrast"].detach())
+        self.last_drawn = {
+            name: float(terms[name].detach())
+            for name in ("drawn_identity", "drawn_contrast")
+            if name in terms
+        }
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -410,8 +490,11 @@ class Trainer:
             disable=not progress,
         )
         running, running_identity, running_contrast = [], [], []
+        running_drawn: dict[str, list[float]] = {}
         while self.step < self.settings.steps:
             running.append(self.train_step())
+            for name, value in self.last_drawn.items():
+                running_drawn.setdefault(name, []).append(value)
             if self.last_identity is not None:
                 running_identity.append(self.last_identity)
             if self.last_contrast is not None:
@@ -428,9 +511,11 @@ class Trainer:
                     entry["identity"] = float(np.mean(running_identity))
                 if running_contrast:
                     entry["contrast"] = float(np.mean(running_contrast))
+                entry.update({name: float(np.mean(v)) for name, v in running_drawn.items()})
                 self.history.append(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
                 running, running_identity, running_contrast = [], [], []
+                running_drawn = {}
             if self.step % self.settings.checkpoint_every == 0:
                 self.save_checkpoint()
             if max_seconds and time.perf_counter() - started > max_seconds:
