@@ -323,7 +323,7 @@ def test_identity_weights_vanish_above_max_t_and_are_one_at_t0():
     assert (w[1:601] <= w[:600]).all()  # monotone non-increasing
 
 
-def _identity_trainer(tmp_path, identity_weight: float, **settings):
+def _identity_trainer(tmp_path, identity_weight: float, people: int = 4, **settings):
     torch.manual_seed(0)
     config = tiny_config(id_dim=128, cpd_p=0.0, conditioning_embedder="sface")
     values = dict(
@@ -338,7 +338,7 @@ def _identity_trainer(tmp_path, identity_weight: float, **settings):
     )
     values.update(settings)
     return Trainer(
-        IDiffFaceModel(config), tiny_data(n=4, dim=128), TrainSettings(**values), tmp_path
+        IDiffFaceModel(config), tiny_data(n=people, dim=128), TrainSettings(**values), tmp_path
     )
 
 
@@ -542,21 +542,18 @@ def test_drawn_rows_score_the_models_own_faces_for_new_conditions_and_resume(tmp
     from facefoundry.generators.idiff_face.drawn_pool import POOL_FILE
 
     def trainer():
-        torch.manual_seed(0)
-        config = tiny_config(id_dim=128, cpd_p=0.0, conditioning_embedder="sface")
-        settings = TrainSettings(
+        return _identity_trainer(
+            tmp_path,
+            0.5,
+            people=32,
             steps=3,
-            batch_size=4,
-            learning_rate=3e-3,
-            warmup_steps=1,
-            checkpoint_every=1000,
             log_every=3,
-            identity_weight=0.5,
+            p_uncond=0.1,
+            hflip=True,
             identity_contrast_weight=0.25,
             drawn_rows=3,
             drawn_identities=6,
         )
-        return Trainer(IDiffFaceModel(config), tiny_data(n=32, dim=128), settings, tmp_path)
 
     first = trainer()
     pool = first.drawn
