@@ -553,6 +553,7 @@ def test_drawn_rows_score_the_models_own_faces_for_new_conditions_and_resume(tmp
             identity_contrast_weight=0.25,
             drawn_rows=3,
             drawn_identities=6,
+            drawn_weight=0.5,
         )
 
     first = trainer()
@@ -568,7 +569,8 @@ def test_drawn_rows_score_the_models_own_faces_for_new_conditions_and_resume(tmp
         terms = first.loss_terms(0)
         regular = first.terms(*(t for t in first._batch(0)))
     assert float(terms["drawn_identity"]) > 0 and float(terms["drawn_contrast"]) > 0
-    expected = regular["loss"] + 0.5 * terms["drawn_identity"] + 0.25 * terms["drawn_contrast"]
+    drawn = 0.5 * terms["drawn_identity"] + 0.25 * terms["drawn_contrast"]
+    expected = regular["loss"] + 0.5 * drawn  # drawn_weight 0.5 scales both drawn terms
     assert torch.allclose(terms["loss"], expected, atol=1e-6)
     first.model.train()  # the drawn terms alone reach the model's weights
     first.drawn_terms(x0, condition, timesteps, noise)["drawn_contrast"].backward()

@@ -106,6 +106,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         batch_sampling=args.batch_sampling,
         drawn_rows=args.drawn_rows,
         drawn_identities=args.drawn_identities,
+        drawn_weight=args.drawn_weight,
     )
     model = train_idiff_face(
         args.data,
@@ -489,6 +490,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=1500,
         help="drawn conditions in that pool, one face each (default 1500)",
+    )
+    train.add_argument(
+        "--drawn-weight",
+        type=float,
+        default=1.0,
+        help="scale of the drawn rows' terms against the real rows' (default 1)",
     )
     train.add_argument(
         "--batch-sampling",

@@ -85,6 +85,9 @@ class TrainSettings(BaseModel):
     # only (same weights), the pool's other conditions among the negatives. 0 = off.
     drawn_rows: int = Field(0, ge=0)
     drawn_identities: int = Field(1500, ge=2)
+    # scales both drawn terms (1 = the real rows' weights; at 1 they collapse pose
+    # variety: BENCHMARKS session 26)
+    drawn_weight: float = Field(1.0, ge=0.0)
 
 
 class Ema:
@@ -334,9 +337,8 @@ class Trainer:
         if self.drawn is None:
             return terms
         drawn = self.drawn_terms(*(t.to(device) for t in self.drawn_batch(step)))
-        terms["loss"] = (
-            terms["loss"]
-            + self.settings.identity_weight * drawn["drawn_identity"]
+        terms["loss"] = terms["loss"] + self.settings.drawn_weight * (
+            self.settings.identity_weight * drawn["drawn_identity"]
             + self.settings.identity_contrast_weight * drawn["drawn_contrast"]
         )
         return {**terms, **drawn}
