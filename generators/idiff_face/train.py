@@ -82,7 +82,8 @@ class TrainSettings(BaseModel):
     # drawn-identity rows (drawn_pool.py): this many rows per step are faces the starting
     # weights drew for conditions from the fitted prior (a pool of drawn_identities),
     # noised to t <= identity_max_t * T and scored by the identity and contrast terms
-    # only (same weights), the pool's other conditions among the negatives. 0 = off.
+    # only (same weights and identity_max_rows), the pool's other conditions among the
+    # negatives. 0 = off.
     drawn_rows: int = Field(0, ge=0)
     drawn_identities: int = Field(1500, ge=2)
     # scales both drawn terms (1 = the real rows' weights; at 1 they collapse pose
@@ -256,20 +257,8 @@ class Trainer:
         drop = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         with self.accelerator.autocast():
             predicted = self.model(noisy, timesteps, identity, drop)
-        weights = id_loss.identity_weights(
-            timesteps, self.config.num_train_timesteps, self.settings.identity_max_t
-        ).to(x0.device)
-        predicted_faces = predicted_x0(
-            self.noise.alphas_cumprod, noisy, predicted, timesteps, self.config.prediction_type
-        )
-        terms = id_loss.identity_terms(
-            predicted_faces,
-            identity,
-            self.recognizer,
-            weights,
-            negatives=self.drawn.get("negatives"),
-            scale=self.settings.identity_contrast_scale,
-            space=self.identity_space,
+        terms = self.identity_terms(
+            noisy, predicted, identity, timesteps, drop, negatives=self.drawn.get("negatives")
         )
         return {"drawn_identity": terms["identity"], "drawn_contrast": terms["contrast"]}
 
@@ -376,9 +365,10 @@ class Trainer:
         """The weighted identity term (``identity_loss``) of the x0 the output implies."""
         return self.identity_terms(noisy, predicted, identity, timesteps, drop)["identity"]
 
-    def identity_terms(self, noisy, predicted, identity, timesteps, drop) -> dict:
+    def identity_terms(self, noisy, predicted, identity, timesteps, drop, negatives=None) -> dict:
         """The weighted identity and contrast terms (``identity_loss.identity_terms``) of
-        the x0 the output implies; rows trained unconditionally (``drop``) get weight 0."""
+        the x0 the output implies; rows trained unconditionally (``drop``) get weight 0.
+        ``negatives``: the contrast term's, when not the training people's."""
         if self.recognizer is None:
             raise ValueError(
                 "the identity terms need TrainSettings.identity_weight or "
@@ -402,7 +392,7 @@ class Trainer:
             self.noise.alphas_cumprod, noisy, predicted, timesteps, self.config.prediction_type
         )
         options = {
-            "negatives": self.negatives,
+            "negatives": self.negatives if negatives is None else negatives,
             "scale": self.settings.identity_contrast_scale,
             "space": self.identity_space,
         }
