@@ -538,6 +538,17 @@ def test_person_batches_draw_people_uniformly_not_images():
     assert 0.05 < share["person"] < 0.15
 
 
+def test_layout_anchor_sees_lighting_and_framing_not_detail():
+    from facefoundry.generators.idiff_face.train import layout_mse
+
+    face = torch.rand(2, 3, 32, 32) * 2 - 1
+    checker = (torch.arange(32).view(-1, 1) + torch.arange(32).view(1, -1)) % 2 * 0.4 - 0.2
+    assert float(layout_mse(face + checker, face)) < 1e-10  # detail finer than a cell
+    assert float(layout_mse(face + 0.3, face)) == pytest.approx(0.09, rel=1e-5)  # lighting
+    shifted = torch.roll(face, shifts=8, dims=-1)  # the face moved a quarter of the frame
+    assert float(layout_mse(shifted, face)) > 0.01
+
+
 def test_drawn_rows_score_the_models_own_faces_for_new_conditions_and_resume(tmp_path):
     from facefoundry.generators.idiff_face.drawn_pool import POOL_FILE
 
@@ -554,6 +565,7 @@ def test_drawn_rows_score_the_models_own_faces_for_new_conditions_and_resume(tmp
             drawn_rows=3,
             drawn_identities=6,
             drawn_weight=0.5,
+            drawn_anchor_weight=2.0,
         )
 
     first = trainer()
@@ -570,7 +582,8 @@ def test_drawn_rows_score_the_models_own_faces_for_new_conditions_and_resume(tmp
         regular = first.terms(*(t for t in first._batch(0)))
     assert float(terms["drawn_identity"]) > 0 and float(terms["drawn_contrast"]) > 0
     drawn = 0.5 * terms["drawn_identity"] + 0.25 * terms["drawn_contrast"]
-    expected = regular["loss"] + 0.5 * drawn  # drawn_weight 0.5 scales both drawn terms
+    # drawn_weight 0.5 scales both drawn terms; the layout anchor has its own weight
+    expected = regular["loss"] + 0.5 * drawn + 2.0 * terms["drawn_anchor"]
     assert torch.allclose(terms["loss"], expected, atol=1e-6)
     first.model.train()  # the drawn terms alone reach the model's weights
     first.drawn_terms(x0, condition, timesteps, noise)["drawn_contrast"].backward()

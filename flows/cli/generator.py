@@ -107,6 +107,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         drawn_rows=args.drawn_rows,
         drawn_identities=args.drawn_identities,
         drawn_weight=args.drawn_weight,
+        drawn_anchor_weight=args.drawn_anchor_weight,
     )
     model = train_idiff_face(
         args.data,
@@ -496,6 +497,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="scale of the drawn rows' terms against the real rows' (default 1)",
+    )
+    train.add_argument(
+        "--drawn-anchor-weight",
+        type=float,
+        default=0.0,
+        help="weight of an 8x8 low-pass MSE that keeps the drawn faces' pose and lighting "
+        "while the identity terms move their detail (default 0 = off)",
     )
     train.add_argument(
         "--batch-sampling",

@@ -32,6 +32,16 @@ from facefoundry.generators.seeds import sample_seed
 from facefoundry.generators.training_data import FaceTrainingSet
 
 logger = logging.getLogger(__name__)
+ANCHOR_GRID = 8  # drawn_anchor_weight's low-pass: an 8 x 8 average pool of the face
+
+
+def layout_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of the two images' ANCHOR_GRID x ANCHOR_GRID average pools: blind to detail
+    finer than a pool cell, so it holds pose, lighting and framing, not identity detail."""
+    return F.mse_loss(
+        F.adaptive_avg_pool2d(predicted.float(), ANCHOR_GRID),
+        F.adaptive_avg_pool2d(target.float(), ANCHOR_GRID),
+    )
 
 
 class TrainSettings(BaseModel):
@@ -89,6 +99,10 @@ class TrainSettings(BaseModel):
     # scales both drawn terms (1 = the real rows' weights; at 1 they collapse pose
     # variety: BENCHMARKS session 26)
     drawn_weight: float = Field(1.0, ge=0.0)
+    # keeps the drawn faces' layout: drawn_anchor_weight x MSE between the 8 x 8 average
+    # pools of the predicted x0 and of the drawn face (pose, lighting and framing live at
+    # that scale; identity detail is finer, so the identity terms can still move it)
+    drawn_anchor_weight: float = Field(0.0, ge=0.0)
 
 
 class Ema:
@@ -260,7 +274,15 @@ class Trainer:
         terms = self.identity_terms(
             noisy, predicted, identity, timesteps, drop, negatives=self.drawn.get("negatives")
         )
-        return {"drawn_identity": terms["identity"], "drawn_contrast": terms["contrast"]}
+        x0_predicted = predicted_x0(
+            self.noise.alphas_cumprod, noisy, predicted, timesteps, self.config.prediction_type
+        )
+        anchor = layout_mse(x0_predicted, x0)
+        return {
+            "drawn_identity": terms["identity"],
+            "drawn_contrast": terms["contrast"],
+            "drawn_anchor": anchor,
+        }
 
     def _prepare_samples(self, data: FaceTrainingSet, vae) -> torch.Tensor:
         """Faces as model inputs: [-1, 1] pixels at sample_size, or VAE latents."""
@@ -326,9 +348,14 @@ class Trainer:
         if self.drawn is None:
             return terms
         drawn = self.drawn_terms(*(t.to(device) for t in self.drawn_batch(step)))
-        terms["loss"] = terms["loss"] + self.settings.drawn_weight * (
-            self.settings.identity_weight * drawn["drawn_identity"]
-            + self.settings.identity_contrast_weight * drawn["drawn_contrast"]
+        terms["loss"] = (
+            terms["loss"]
+            + self.settings.drawn_weight
+            * (
+                self.settings.identity_weight * drawn["drawn_identity"]
+                + self.settings.identity_contrast_weight * drawn["drawn_contrast"]
+            )
+            + self.settings.drawn_anchor_weight * drawn["drawn_anchor"]
         )
         return {**terms, **drawn}
 
@@ -422,7 +449,7 @@ class Trainer:
             self.last_contrast = float(terms["contrast"].detach())
         self.last_drawn = {
             name: float(terms[name].detach())
-            for name in ("drawn_identity", "drawn_contrast")
+            for name in ("drawn_identity", "drawn_contrast", "drawn_anchor")
             if name in terms
         }
         self.optimizer.zero_grad(set_to_none=True)
