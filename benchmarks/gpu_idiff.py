@@ -5,15 +5,17 @@ Usage (on the GPU machine, from the repo root):
   python benchmarks/gpu_idiff.py throughput --out OUT      # paper config, batch 256, bf16
   python benchmarks/gpu_idiff.py demo-gen --out OUT        # recipes/demo.yaml generation
   python benchmarks/gpu_idiff.py train --data NPZ --out OUT --seconds S --variant NAME
+  python benchmarks/gpu_idiff.py pack-data --data NPZ --out DIR     # here, before a run
+  python benchmarks/gpu_idiff.py unpack-data --data FILE --out DIR  # there
 Each part prints one JSON line; ``train`` also writes OUT/NAME.tar (the exported EMA
 model, weights stored as float16 to fit the transfer limit, plus the loss history).
+benchmarks/device/idiff_face_lever4.sh is issue 16's prepared run of the ``id*`` variants.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -21,7 +23,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def _sync() -> None:
@@ -125,114 +126,190 @@ def demo_gen(args: argparse.Namespace) -> dict:
     }
 
 
+# session 5's time-boxed variants (lr only: no identity terms then)
+_PLAIN = {"warmup_steps": 200}
+# sessions 22-27's fine-tune recipe at batch 256: identity + contrast terms on every
+# weighted row (no identity_max_rows: the card has room), from the committed default
+_IDENTITY = {
+    "learning_rate": 3e-4,
+    "warmup_steps": 100,
+    "seed": 10,
+    "identity_weight": 0.2,
+    "identity_contrast_weight": 0.02,
+}
+# session 27's best CPU setting (drawn rows with the 8 x 8 layout anchor), scaled to the
+# batch: 64 drawn rows per 256 (CPU: 8 per 32) from a pool of 8,000 drawn identities
+_DRAWN = {"drawn_rows": 64, "drawn_identities": 8000, "drawn_anchor_weight": 8.0}
+DEFAULT_MODEL = "models/idiff-face-lfw"
+
 VARIANTS = {
     # the committed default's config, continued from its weights
-    "A": {"init": "models/idiff-face-lfw", "config": {}, "lr": 1e-3},
+    "A": {"init": DEFAULT_MODEL, "settings": {**_PLAIN, "learning_rate": 1e-3}},
     # wider, identity cross-attention at 16 x 16 and 8 x 8
     "B": {
-        "init": None,
         "config": {"block_out_channels": (48, 96, 96), "attention_levels": (1, 2)},
-        "lr": 6e-4,
+        "settings": {**_PLAIN, "learning_rate": 6e-4},
     },
     # wider still, attention at 8 x 8 only
     "C": {
-        "init": None,
         "config": {"block_out_channels": (64, 128, 128), "attention_levels": (2,)},
-        "lr": 6e-4,
+        "settings": {**_PLAIN, "learning_rate": 6e-4},
+    },
+    # issue 16, lever 4: the default continued with the identity terms at batch 256 ...
+    "id": {"init": DEFAULT_MODEL, "settings": _IDENTITY},
+    # ... plus drawn-identity rows and their layout anchor ...
+    "id-drawn": {"init": DEFAULT_MODEL, "settings": {**_IDENTITY, **_DRAWN}},
+    # ... and with identity cross-attention grown at 16 x 16 as well (grow.grow_attention)
+    "id-drawn-attn16": {
+        "init": DEFAULT_MODEL,
+        "grow": (1,),
+        "settings": {**_IDENTITY, **_DRAWN},
     },
 }
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Train one variant for ``--seconds``; the step count is fitted to the measured rate
-    so the cosine schedule ends on time."""
+    """Train one variant for ``--seconds`` (the library's time-budgeted schedule:
+    ``Trainer.fit(schedule_to_budget=True)`` re-plans the step count from the measured
+    rate so the cosine schedule ends on time)."""
     from safetensors.torch import load_file, save_file
 
     from facefoundry.generators.idiff_face.config import IDiffFaceConfig
-    from facefoundry.generators.idiff_face.model import IDiffFaceModel
-    from facefoundry.generators.idiff_face.train import Trainer, TrainSettings, _lr_lambda
-    from facefoundry.generators.training_data import FaceTrainingSet
+    from facefoundry.generators.idiff_face.train import TrainSettings, train_idiff_face
 
     started = time.perf_counter()
     torch.set_num_threads(4)
-    variant = dict(VARIANTS[args.variant])
-    if args.init:
-        variant["init"] = args.init
+    torch.backends.cudnn.benchmark = True
+    variant = VARIANTS[args.variant]
+    values = {**variant["settings"]}
     if args.lr:
-        variant["lr"] = args.lr
-    data = FaceTrainingSet.load(args.data)
-    if variant["init"]:
-        initial = IDiffFaceModel.from_pretrained(REPO / variant["init"])
-        config = initial.config
-    else:
-        initial = None
-        config = IDiffFaceConfig(
-            **variant["config"],
-            conditioning_embedder=data.embedder.get("name", "sface"),
-            conditioning_checksum=data.embedder.get("checksum", ""),
-        )
-    torch.manual_seed(0)
-    model = IDiffFaceModel(config)
-    if initial is not None:
-        model.load_state_dict(initial.state_dict())
-    out = Path(args.work) / f"train-{args.variant}"
+        values["learning_rate"] = args.lr
+    for item in args.set or ():  # e.g. a small pool for a CPU rehearsal
+        key, _, value = item.partition("=")
+        values[key] = json.loads(value)
     settings = TrainSettings(
-        steps=10**6,
+        **{"steps": 10**6, "checkpoint_every": 2000, "log_every": 50, **values},
         batch_size=args.batch,
-        learning_rate=variant["lr"],
-        warmup_steps=200,
-        checkpoint_every=10**9,
-        log_every=50,
     )
-    trainer = Trainer(model, data, settings, out)
-    probe = 40
-    for _ in range(probe):
-        trainer.train_step()
-    _sync()
-    probe_start = time.perf_counter()
-    for _ in range(probe):
-        trainer.train_step()
-    _sync()
-    rate = probe / (time.perf_counter() - probe_start)
-    left = args.seconds - (time.perf_counter() - started) - 15
-    steps = trainer.step + max(100, int(rate * left * 0.97))
-    trainer.settings = settings.model_copy(update={"steps": steps, "checkpoint_every": 2000})
-    trainer.lr_factor = _lr_lambda(trainer.settings)
-    result = trainer.fit(progress=False, max_seconds=left + 10)
-    (out / "loss_history.json").write_text(json.dumps(trainer.history))
+    init = args.init or variant.get("init")
+    out = Path(args.work) / f"train-{args.variant}"
+    model_dir = train_idiff_face(
+        args.data,
+        out,
+        IDiffFaceConfig(**variant.get("config", {})),
+        settings,
+        resume=False,
+        progress=False,
+        max_seconds=args.seconds,
+        schedule_to_budget=True,
+        init_from=REPO / init if init else None,
+        grow_attention_levels=tuple(variant.get("grow", ())),
+    )
+    history = json.loads((out / "loss_history.json").read_text())
     # float16 copies of the exported weights keep the transfer under its size limit
-    for path in (out / "model").rglob("*.safetensors"):
+    for path in model_dir.rglob("*.safetensors"):
         tensors = load_file(str(path))
         save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, path)
     with tarfile.open(Path(args.out) / f"{args.variant}.tar", "w") as tar:
-        tar.add(out / "model", arcname="model")
+        tar.add(model_dir, arcname="model")
         tar.add(out / "loss_history.json", arcname="loss_history.json")
+    last = history[-1] if history else {}
     return {
         "card": _card(),
         "variant": args.variant,
-        "config": config.model_dump(mode="json"),
+        "parameters_m": round(
+            sum(
+                t.numel()
+                for t in load_file(str(model_dir / "unet" / _unet_file(model_dir))).values()
+            )
+            / 1e6,
+            2,
+        ),
         "batch": args.batch,
-        "steps_per_s": round(rate, 2),
-        "steps": result["step"],
+        "steps": last.get("step"),
+        "steps_per_s": round(last["step"] / last["seconds"], 2) if last else None,
         "seconds": round(time.perf_counter() - started, 1),
-        "last_loss": result["last_loss"],
+        "last": last,
     }
+
+
+def _unet_file(model_dir: Path) -> str:
+    return next(p.name for p in (model_dir / "unet").glob("*.safetensors"))
+
+
+def pack_data(args: argparse.Namespace) -> dict:
+    """Here: the training set at the model's 32 px, compact enough to travel (the 64 px
+    file is 120 MB; the device tree is limited to 64 MiB): faces resized exactly as the
+    trainer resizes them (bilinear, antialiased) and rounded to uint8 (<= 0.5 / 127.5
+    off), row deltas, xz."""
+    import io
+    import lzma
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    arrays = dict(np.load(args.data))
+    faces = torch.from_numpy(arrays.pop("faces")).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    small = F.interpolate(
+        faces, size=(args.size, args.size), mode="bilinear", antialias=True, align_corners=False
+    )
+    pixels = ((small + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    pixels = pixels.permute(0, 2, 3, 1).numpy()
+    deltas = np.diff(pixels.astype(np.int16), axis=2, prepend=0).astype(np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, shape=np.array(pixels.shape), **arrays)
+    path = Path(args.out) / "training-set.xz"
+    with lzma.open(path, "wb", preset=9 | lzma.PRESET_EXTREME) as handle:
+        handle.write(np.int64(len(buffer.getvalue())).tobytes())
+        handle.write(buffer.getvalue())
+        handle.write(deltas.tobytes())
+    return {"path": str(path), "bytes": path.stat().st_size, "faces": list(pixels.shape)}
+
+
+def unpack_data(args: argparse.Namespace) -> dict:
+    """There: ``pack_data``'s file -> an npz the trainer reads (``--data``)."""
+    import io
+    import lzma
+
+    import numpy as np
+
+    with lzma.open(Path(args.data), "rb") as handle:
+        head = int(np.frombuffer(handle.read(8), dtype=np.int64)[0])
+        arrays = dict(np.load(io.BytesIO(handle.read(head))))
+        shape = tuple(int(v) for v in arrays.pop("shape"))
+        deltas = np.frombuffer(handle.read(), dtype=np.uint8).reshape(shape)
+    faces = np.cumsum(deltas, axis=2, dtype=np.uint8)  # wraps mod 256, as packed
+    out = Path(args.out) / "training-set.npz"
+    np.savez(out, faces=faces, **arrays)
+    return {"path": str(out), "faces": list(faces.shape)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=["throughput", "demo-gen", "train"])
+    parser.add_argument(
+        "part", choices=["throughput", "demo-gen", "train", "pack-data", "unpack-data"]
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--data")
+    parser.add_argument("--size", type=int, default=32, help="pack-data: face size")
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--init", help="start from this model folder (overrides the variant)")
     parser.add_argument("--lr", type=float, help="peak learning rate (overrides the variant)")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=JSON", help="train: override a TrainSettings field"
+    )
     parser.add_argument("--work", default="/tmp/facefoundry-gpu", help="training folders")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="A")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    part = {"throughput": throughput, "demo-gen": demo_gen, "train": train}[args.part]
+    part = {
+        "throughput": throughput,
+        "demo-gen": demo_gen,
+        "train": train,
+        "pack-data": pack_data,
+        "unpack-data": unpack_data,
+    }[args.part]
     figures = {"part": args.part, **part(args)}
     print(json.dumps(figures), flush=True)
 

@@ -13,7 +13,7 @@ from facefoundry.generators.idiff_face.model import (
     contextual_partial_dropout,
 )
 from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
-from facefoundry.generators.idiff_face.train import Trainer, TrainSettings
+from facefoundry.generators.idiff_face.train import Trainer, TrainSettings, budget_steps
 from facefoundry.generators.training_data import FaceTrainingSet
 from tests.helpers.generators import tiny_config, tiny_vae
 
@@ -109,6 +109,30 @@ def test_checkpoints_and_model_folders_are_safetensors(tmp_path):
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 2
     reloaded = IDiffFaceModel.from_pretrained(tmp_path / "model")
     assert reloaded.config == trainer.config
+
+
+def test_budget_steps_fill_the_remaining_time_within_bounds():
+    # 100 s left at 5 steps/s from step 40: 540; the upper bound and the next step hold
+    assert budget_steps(40, 20.0, 120.0, 5.0, 10_000) == 540
+    assert budget_steps(40, 20.0, 120.0, 5.0, 300) == 300
+    assert budget_steps(40, 130.0, 120.0, 5.0, 10_000) == 41
+
+
+def test_a_time_budgeted_run_replans_its_schedule_to_end_on_time(tmp_path):
+    settings = TrainSettings(
+        steps=100_000, batch_size=2, warmup_steps=1, checkpoint_every=100_000, log_every=2
+    )
+    trainer = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)
+    result = trainer.fit(progress=False, max_seconds=3.0, schedule_to_budget=True)
+    assert result["seconds"] < 6.0
+    # the step count was re-planned from the measured rate, far below the upper bound,
+    # and the cosine schedule ran (close) to its end instead of being cut off
+    assert 4 <= trainer.settings.steps < 100_000
+    assert trainer.step >= 0.8 * trainer.settings.steps
+    assert trainer.history[-1]["lr"] < 0.3 * settings.learning_rate
+    unplanned = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path / "b")
+    unplanned.fit(progress=False, max_seconds=1.0)
+    assert unplanned.settings.steps == 100_000  # without it, max_seconds only stops
 
 
 def test_same_seed_same_image_and_any_image_regenerates_alone():

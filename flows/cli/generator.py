@@ -86,10 +86,14 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         existing_dir(args.init_from, "--init-from model folder")
     if args.grow_attention and not args.init_from:
         raise UsageError("--grow-attention adds attention to a trained model: give --init-from")
-    from facefoundry.generators.idiff_face.config import PAPER_CONFIG, IDiffFaceConfig
+    from facefoundry.generators.idiff_face.config import (
+        PAPER_CONFIG,
+        WIDE_CONFIG,
+        IDiffFaceConfig,
+    )
     from facefoundry.generators.idiff_face.train import TrainSettings, train_idiff_face
 
-    config = PAPER_CONFIG if args.config == "paper" else IDiffFaceConfig()
+    config = {"paper": PAPER_CONFIG, "wide": WIDE_CONFIG}.get(args.config, IDiffFaceConfig())
     settings = TrainSettings(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -116,6 +120,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         settings,
         resume=not args.restart,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        schedule_to_budget=args.schedule_to_budget,
         init_from=args.init_from,
         grow_attention_levels=tuple(args.grow_attention or ()),
     )
@@ -433,7 +438,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("data", help="training set .npz from prepare-lfw")
     train.add_argument("--out", required=True, help="run folder (checkpoint/, model/)")
-    train.add_argument("--config", default="small", choices=["small", "paper"], help="model size")
+    train.add_argument(
+        "--config",
+        default="small",
+        choices=["small", "wide", "paper"],
+        help="model size (wide: twice the channels, about 2x the sampling time)",
+    )
     train.add_argument("--steps", type=int, default=20000, help="total steps")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
@@ -512,6 +522,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="draw batch rows per image, or per person (uniform over people)",
     )
     train.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
+    train.add_argument(
+        "--schedule-to-budget",
+        action="store_true",
+        help="with --max-minutes: re-plan the step count from the measured step rate so "
+        "the learning-rate schedule ends on time (--steps stays the upper bound)",
+    )
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     train.add_argument(
         "--init-from",

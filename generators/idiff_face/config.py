@@ -62,3 +62,13 @@ PAPER_CONFIG = IDiffFaceConfig(
     image_size=128,
     conditioning_embedder="onnx:arcface.onnx",
 )
+
+
+# Twice the default's channels (5.7 M parameters, about 2x its CPU sampling time): the
+# "wider variant" of issue 16, trained from scratch where a GPU is lent
+# (benchmarks/device/train_idiff_face_gpu.sh).
+WIDE_CONFIG = IDiffFaceConfig(
+    block_out_channels=(64, 128, 128),
+    attention_head_dim=16,
+    norm_num_groups=16,
+)

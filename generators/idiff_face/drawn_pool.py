@@ -45,11 +45,13 @@ def draw_pool(
     seed: int,
     folder: str | Path,
     sampling: dict | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """``conditions`` (n x d unit vectors from the prior fitted to
     ``training_embeddings``) and ``faces`` (n x C x S x S in [-1, 1], one face each,
-    drawn by a copy of ``model`` at the model's own resolution); ``folder`` receives the
-    prior the detail guidance reads."""
+    drawn by a copy of ``model`` at the model's own resolution, on ``device``: the
+    noise comes from CPU generators, so any device draws the same faces up to rounding);
+    ``folder`` receives the prior the detail guidance reads."""
     from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
 
     folder = Path(folder)
@@ -58,7 +60,7 @@ def draw_pool(
     config = model.config
     stream = sample_seed(seed, 0, 0, "drawn-pool") % (2**31)
     conditions = sample_fitted(identities, config.id_dim, stream, prior, tau=POOL_TAU)
-    pipeline = IDiffFacePipeline(copy.deepcopy(model), device="cpu")
+    pipeline = IDiffFacePipeline(copy.deepcopy(model), device=device)
     pipeline.folder = folder
     seeds = [sample_seed(stream, i, 0) % (2**31) for i in range(identities)]
     images = pipeline(
@@ -77,8 +79,10 @@ def load_or_draw_pool(
     training_embeddings: np.ndarray,
     identities: int,
     seed: int,
+    device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """The run's pool: read from ``out_dir``/POOL_FILE, or drawn and written there."""
+    """The run's pool: read from ``out_dir``/POOL_FILE, or drawn (on ``device``) and
+    written there."""
     from safetensors.torch import load_file, save_file
 
     from facefoundry.atomic import atomic_path
@@ -92,7 +96,9 @@ def load_or_draw_pool(
                 f"for {identities}: use a new output folder or the same drawn_identities"
             )
         return pool
-    pool = draw_pool(model, training_embeddings, identities, seed, Path(out_dir) / "drawn_prior")
+    pool = draw_pool(
+        model, training_embeddings, identities, seed, Path(out_dir) / "drawn_prior", device=device
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:
         save_file(pool, str(partial))

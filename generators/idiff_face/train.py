@@ -158,6 +158,15 @@ def _lr_lambda(settings: TrainSettings):
     return factor
 
 
+def budget_steps(step: int, elapsed: float, budget: float, rate: float, upper_bound: int) -> int:
+    """The step count that ends a run of ``budget`` seconds, ``elapsed`` of them spent at
+    ``step``, at ``rate`` steps per second; never below the next step nor above
+    ``upper_bound``. A time-budgeted run (a device lease, a nightly slot) re-plans with
+    this so its learning-rate schedule still decays to the end instead of being cut off."""
+    planned = step + int(max(0.0, budget - elapsed) * rate)
+    return max(step + 1, min(upper_bound, planned))
+
+
 def person_centroids(embeddings: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     """Unit mean embedding of each training person: the contrast term's negatives."""
     index = torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64))
@@ -244,7 +253,12 @@ class Trainer:
         if self.config.latent:
             raise ValueError("drawn_rows need a pixel-space model (faces drawn at sample_size)")
         pool = load_or_draw_pool(
-            self.out_dir, model, data.embeddings, self.settings.drawn_identities, self.settings.seed
+            self.out_dir,
+            model,
+            data.embeddings,
+            self.settings.drawn_identities,
+            self.settings.seed,
+            device=self.accelerator.device,
         )
         if self.negatives is not None:  # training people and every drawn condition
             pool["negatives"] = torch.cat([self.negatives, F.normalize(pool["conditions"], dim=1)])
@@ -496,11 +510,34 @@ class Trainer:
         snapshot.save_pretrained(folder)
         return Path(folder)
 
-    def fit(self, progress: bool = True, max_seconds: float | None = None) -> dict:
-        """Train up to ``settings.steps`` (or ``max_seconds``), checkpointing as it goes."""
+    def _replan(self, origin, started: float, max_seconds: float, upper_bound: int):
+        """``budget_steps`` at the rate since ``origin`` (step, time); the first call only
+        sets the origin, so start-up and warm-up time do not count toward the rate."""
+        now = time.perf_counter()
+        if origin is None or self.step <= origin[0]:
+            return (self.step, now)
+        rate = (self.step - origin[0]) / max(now - origin[1], 1e-9)
+        steps = budget_steps(self.step, now - started, max_seconds, rate, upper_bound)
+        if steps != self.settings.steps:
+            self.settings = self.settings.model_copy(update={"steps": steps})
+            self.lr_factor = _lr_lambda(self.settings)
+        return origin
+
+    def fit(
+        self,
+        progress: bool = True,
+        max_seconds: float | None = None,
+        schedule_to_budget: bool = False,
+    ) -> dict:
+        """Train up to ``settings.steps`` (or ``max_seconds``), checkpointing as it goes.
+        ``schedule_to_budget``: every log interval after the first, ``settings.steps`` is
+        re-planned (``budget_steps``, at the rate measured since that first interval) so
+        the schedule ends when ``max_seconds`` does."""
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
+        upper_bound = self.settings.steps
+        rate_origin: tuple[int, float] | None = None
         bar = tqdm(
             total=self.settings.steps,
             initial=self.step,
@@ -535,6 +572,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
                 running, running_identity, running_contrast = [], [], []
                 running_drawn = {}
+                if schedule_to_budget and max_seconds:
+                    rate_origin = self._replan(rate_origin, started, max_seconds, upper_bound)
+                    bar.total = self.settings.steps
             if self.step % self.settings.checkpoint_every == 0:
                 self.save_checkpoint()
             if max_seconds and time.perf_counter() - started > max_seconds:
@@ -556,6 +596,7 @@ def train_idiff_face(
     resume: bool = True,
     progress: bool = True,
     max_seconds: float | None = None,
+    schedule_to_budget: bool = False,
     init_from: str | Path | None = None,
     grow_attention_levels: tuple[int, ...] = (),
 ) -> Path:
@@ -593,7 +634,7 @@ def train_idiff_face(
     trainer = Trainer(model, data, settings, out_dir)
     if resume:
         trainer.load_checkpoint()
-    trainer.fit(progress=progress, max_seconds=max_seconds)
+    trainer.fit(progress=progress, max_seconds=max_seconds, schedule_to_budget=schedule_to_budget)
     (out_dir / "loss_history.json").write_text(json.dumps(trainer.history))
     # the 'fitted' identity method draws from a Gaussian fit to the training embeddings
     save_identity_prior(data.embeddings, out_dir / "model" / PRIOR_FILE)
