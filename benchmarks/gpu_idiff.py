@@ -261,7 +261,8 @@ def pack_data(args: argparse.Namespace) -> dict:
     deltas = np.diff(pixels.astype(np.int16), axis=2, prepend=0).astype(np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, shape=np.array(pixels.shape), **arrays)
-    path = Path(args.out) / "training-set.xz"
+    # named after its source and size, so the model's training_set.yaml names it too
+    path = Path(args.out) / f"{Path(args.data).stem}-{args.size}px.xz"
     with lzma.open(path, "wb", preset=9 | lzma.PRESET_EXTREME) as handle:
         handle.write(np.int64(len(buffer.getvalue())).tobytes())
         handle.write(buffer.getvalue())
@@ -282,7 +283,7 @@ def unpack_data(args: argparse.Namespace) -> dict:
         shape = tuple(int(v) for v in arrays.pop("shape"))
         deltas = np.frombuffer(handle.read(), dtype=np.uint8).reshape(shape)
     faces = np.cumsum(deltas, axis=2, dtype=np.uint8)  # wraps mod 256, as packed
-    out = Path(args.out) / "training-set.npz"
+    out = Path(args.out) / f"{Path(args.data).stem}.npz"
     np.savez(out, faces=faces, **arrays)
     return {"path": str(out), "faces": list(faces.shape)}
 

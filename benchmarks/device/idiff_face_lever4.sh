@@ -43,7 +43,7 @@ run)
     export PYTHONPATH=/tmp/site
   fi
   export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-  $PY benchmarks/gpu_idiff.py unpack-data --data "$CARRY/training-set.xz" --out /tmp || exit 1
+  $PY benchmarks/gpu_idiff.py unpack-data --data "$CARRY/lfw-devtrain-sface-64-32px.xz" --out /tmp || exit 1
   # fold SFace once (the cache file), not three times at once; outside the repo root,
   # whose facefoundry/ folder would shadow the installed package
   (cd /tmp && $PY -c "from facefoundry.recognition.sface_torch import load_sface_torch as f; f()") \
@@ -52,7 +52,7 @@ run)
     --format=csv
   for variant in $VARIANTS; do
     # shellcheck disable=SC2086  # EXTRA holds several arguments
-    $PY benchmarks/gpu_idiff.py train --data /tmp/training-set.npz --out "$OUT" \
+    $PY benchmarks/gpu_idiff.py train --data /tmp/lfw-devtrain-sface-64-32px.npz --out "$OUT" \
       --seconds "$SECONDS_EACH" --variant "$variant" ${EXTRA:-} >"$OUT/$variant.log" 2>&1 &
   done
   wait
