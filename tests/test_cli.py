@@ -322,3 +322,12 @@ def test_grow_attention_needs_a_trained_model_to_grow(tmp_path, capsys):
     assert main(argv) == 2
     assert "--grow-attention adds attention to a trained model" in one_error_line(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_schedule_to_budget_needs_a_budget(tmp_path, capsys):
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"not read: the flags are refused first")
+    argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), "--schedule-to-budget"]
+    assert main(argv) == 2
+    assert "--schedule-to-budget fits the schedule to a time budget" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()

@@ -86,6 +86,10 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         existing_dir(args.init_from, "--init-from model folder")
     if args.grow_attention and not args.init_from:
         raise UsageError("--grow-attention adds attention to a trained model: give --init-from")
+    if args.schedule_to_budget and not args.max_minutes:
+        raise UsageError(
+            "--schedule-to-budget fits the schedule to a time budget: give --max-minutes"
+        )
     from facefoundry.generators.idiff_face.config import (
         PAPER_CONFIG,
         WIDE_CONFIG,

@@ -65,8 +65,8 @@ PAPER_CONFIG = IDiffFaceConfig(
 
 
 # Twice the default's channels (5.7 M parameters, about 2x its CPU sampling time): the
-# "wider variant" of issue 16, trained from scratch where a GPU is lent
-# (benchmarks/device/train_idiff_face_gpu.sh).
+# "wider variant" of issue 16, for training where a GPU is lent (`generator train --config
+# wide`; benchmarks/gpu_idiff.py's variant C has the same channels).
 WIDE_CONFIG = IDiffFaceConfig(
     block_out_channels=(64, 128, 128),
     attention_head_dim=16,
