@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from bench_sampling import SHOWN, Variant, real_faces, run_variant
+from bench_sampling import SHOWN, Variant, load_variant, real_faces, run_variant
 from common import REPO, finish, machine, save_results
 
 
@@ -41,7 +41,11 @@ def main() -> None:
     parser.add_argument("--pool", type=float, action="append", default=[])
     parser.add_argument("--map", action="append", default=[], help="realisation map file")
     parser.add_argument("--seed", type=int, default=0, help="identity draw (recipe seed)")
-    parser.add_argument("--sampling", default="dpmsolver++:8:3", help="SCHEDULER:STEPS:CFG")
+    parser.add_argument(
+        "--sampling",
+        default="dpmsolver++:8:3",
+        help="SCHEDULER:STEPS:CFG[:dH[@AXES][a]][:c] as in bench_sampling.py --variant (c: compiled UNet)",
+    )
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--per-identity", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
@@ -77,7 +81,7 @@ def main() -> None:
     )
     real = quality_report(faces, labels)
     print("real 32 px:", {k: real.get(k) for k in SHOWN}, flush=True)
-    rows = []
+    rows, pipe = [], None
     for spread, pool, realisation in settings:
         # the demo's identities (recipe seed 0, cosine <= 0.3 apart) at this spread
         # the identities stage's own draw (select: predicted when pool > 1)
@@ -94,7 +98,9 @@ def main() -> None:
         if len(maps) > 1 and realisation:
             name += f"-{Path(realisation).stem}"
         variant = Variant.parse(f"{name}={args.model},{args.sampling}", args.model)
-        row = run_variant(variant, table, args.per_identity, real)
+        if pipe is None:  # one pipeline for every row: the sampling is the same
+            pipe = load_variant(variant)
+        row = run_variant(pipe, variant, table, args.per_identity, real)
         row.update(spread=spread, pool=pool, seed=args.seed, map=realisation)
         rows.append(row)
         print(f"{name}:", {k: row.get(k) for k in SHOWN}, flush=True)

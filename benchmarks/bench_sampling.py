@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -320,18 +320,22 @@ class Variant:
     detail_axes: int = 32
     detail_alternate: bool = False
     shared_noise: float = 0.0
+    compiled: bool = False
 
     @classmethod
     def parse(cls, text: str, default_model: str) -> Variant:
-        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]][:nRHO] (dH: detail
-        guidance; a trailing ``a``: alternating with the unconditional branch; nRHO: each
-        identity's samples share rho of their initial noise's variance)"""
+        """NAME=[MODEL,]SCHEDULER:STEPS:GUIDANCE[:LO-HI][:dH[@AXES][a]][:nRHO][:c] (dH:
+        detail guidance; a trailing ``a``: alternating with the unconditional branch; nRHO:
+        each identity's samples share rho of their initial noise's variance; c: the UNet
+        torch.compiled, as ``generate.compile`` runs it)"""
         name, _, spec = text.partition("=")
         model, _, sampling = spec.rpartition(",")
         parts = sampling.split(":")
-        interval, detail, axes, alternate, shared = None, 0.0, 32, False, 0.0
+        interval, detail, axes, alternate, shared, compiled = None, 0.0, 32, False, 0.0, False
         for extra in parts[3:]:
-            if extra.startswith("n"):
+            if extra == "c":
+                compiled = True
+            elif extra.startswith("n"):
                 shared = float(extra[1:])
             elif extra.startswith("d"):
                 alternate = extra.endswith("a")
@@ -350,6 +354,7 @@ class Variant:
             axes,
             alternate,
             shared,
+            compiled,
         )
 
     @property
@@ -393,31 +398,82 @@ def real_faces(people: int | None, per_person: int, size: int, seed: int = 0, mi
     return shrink_to(faces, size), labels[rows]
 
 
-def run_variant(variant: Variant, table, per_id: int, reference: dict | None) -> dict:
-    from facefoundry.evaluation.generator_quality import quality_report
+def load_variant(variant: Variant):
+    """The variant's pipeline, compiled and warmed up on its own shapes when it asks."""
+    from facefoundry.generators.idiff_face.generate import compile_and_warm_up
     from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
-    from facefoundry.generators.seeds import sample_seed
+    from facefoundry.generators.idiff_face.settings import IDiffFaceSettings
 
     pipe = IDiffFacePipeline.from_pretrained(variant.model, variant.scheduler, device="cpu")
+    settings = IDiffFaceSettings(model=variant.model, **sampling_kwargs(variant))
+    if variant.compiled:
+        settings = settings.model_copy(update={"compile": True})
+        if not compile_and_warm_up(pipe, settings):
+            raise SystemExit(f"{variant.name}: torch.compile failed (see the warning above)")
+    else:  # the same one-batch warm-up: oneDNN builds its kernels on the first calls
+        pipe(
+            np.eye(8, pipe.model.config.id_dim, dtype=np.float32),
+            list(range(8)),
+            **sampling_kwargs(variant),
+        )
+    return pipe
+
+
+def sampling_kwargs(variant: Variant) -> dict:
+    return {
+        "steps": variant.steps,
+        "guidance_scale": variant.guidance,
+        "guidance_interval": variant.interval,
+        "detail_guidance": variant.detail,
+        "detail_axes": variant.detail_axes,
+        "detail_alternate": variant.detail_alternate,
+    }
+
+
+def draw(pipe, variant: Variant, table, per_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every identity's ``per_id`` samples with the demo's seeds: images, identity, condition."""
+    from facefoundry.generators.seeds import sample_seed
+
     rows = np.repeat(np.arange(len(table.ids)), per_id)  # ids need not be 0..n-1
-    identity_of = table.ids[rows]
     seeds = [sample_seed(0, int(i), s) for i in table.ids for s in range(per_id)]
     shared = [sample_seed(0, int(i), 0, "identity-noise") for i in table.ids for _ in range(per_id)]
     vectors = table.embeddings[rows]
-    pipe(vectors[:8], seeds[:8], steps=2, guidance_scale=variant.guidance)  # warm-up
-    started = time.perf_counter()
     images = pipe(
         vectors,
         seeds,
-        steps=variant.steps,
-        guidance_scale=variant.guidance,
-        guidance_interval=variant.interval,
-        detail_guidance=variant.detail,
-        detail_axes=variant.detail_axes,
-        detail_alternate=variant.detail_alternate,
         shared_noise=variant.shared_noise,
         shared_seeds=shared,
+        **sampling_kwargs(variant),
     )
+    return images, table.ids[rows], vectors
+
+
+def time_rounds(pipes: dict, variants: list[Variant], table, per_id: int, rounds: int) -> dict:
+    """Images per second of every variant on the same identities, the variants taking turns
+    in each round, so a shared host's slow minutes fall on all of them alike. Returns each
+    variant's rates, one per round (``speed_over_baseline`` = median of the rounds' ratios)."""
+    rates = {v.name: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            started = time.perf_counter()
+            images, _, _ = draw(pipes[variant.name], variant, table, per_id)
+            rates[variant.name].append(len(images) / (time.perf_counter() - started))
+    return rates
+
+
+def spread(values: list[float], digits: int = 3) -> dict:
+    return {
+        "median": round(float(np.median(values)), digits),
+        "min": round(float(np.min(values)), digits),
+        "max": round(float(np.max(values)), digits),
+    }
+
+
+def run_variant(pipe, variant: Variant, table, per_id: int, reference: dict | None) -> dict:
+    from facefoundry.evaluation.generator_quality import quality_report
+
+    started = time.perf_counter()
+    images, identity_of, vectors = draw(pipe, variant, table, per_id)
     seconds = time.perf_counter() - started
     report = quality_report(images, identity_of, vectors, reference)
     rate = len(images) / seconds
@@ -433,9 +489,11 @@ def run_variant(variant: Variant, table, per_id: int, reference: dict | None) ->
                 if variant.detail
                 else ""
             )
-            + (f", shared noise {variant.shared_noise:g}" if variant.shared_noise else ""),
+            + (f", shared noise {variant.shared_noise:g}" if variant.shared_noise else "")
+            + (", UNet compiled" if variant.compiled else ""),
             "evaluations_per_image": variant.evaluations,
-            "img_per_s": round(rate, 3),
+            "img_per_s_quality_pass": round(rate, 3),
+            "img_per_s": round(rate, 3),  # bench_sampling replaces it with its timing rounds
             "unet_gflops": round(rate * variant.evaluations * UNET_GFLOP_PER_EVAL, 1),
         }
     )
@@ -478,6 +536,14 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--per-identity", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=5,
+        help="rounds in which every variant draws the same --timing-identities x "
+        "--per-identity images in turn; img/s and speed_over_baseline are their medians",
+    )
+    parser.add_argument("--timing-identities", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="20 identities x 4")
     parser.add_argument("--ddpm-guard", action="store_true", help="the DDPM-1000 guard instead")
     args, rest = parser.parse_known_args()
@@ -504,11 +570,34 @@ def main() -> None:
     faces, labels = real_faces(n_ids, per_id, config.sample_size)
     real = quality_report(faces, labels)
     print("real 32 px:", {k: real.get(k) for k in SHOWN}, flush=True)
+    everyone = [baseline, *variants]
+    pipes = {v.name: load_variant(v) for v in everyone}
     rows = []
-    for variant in [baseline, *variants]:
-        row = run_variant(variant, table, per_id, real)
+    for variant in everyone:
+        row = run_variant(pipes[variant.name], variant, table, per_id, real)
         rows.append(row)
-        print(variant.name, {k: row.get(k) for k in SHOWN}, flush=True)
+        print(variant.name, {k: row.get(k) for k in SHOWN if k != "img_per_s"}, flush=True)
+    k = args.timing_identities
+    subset = replace(
+        table, ids=table.ids[:k], embeddings=table.embeddings[:k], seeds=table.seeds[:k]
+    )
+    rates = time_rounds(pipes, everyone, subset, per_id, args.timing_rounds)
+    for variant, row in zip(everyone, rows, strict=True):
+        mine, base_rates = rates[variant.name], rates[baseline.name]
+        row["img_per_s"] = round(float(np.median(mine)), 3)
+        row["img_per_s_rounds"] = spread(mine)
+        row["speed_over_baseline"] = spread(
+            [a / b for a, b in zip(mine, base_rates, strict=True)], 2
+        )
+        row["unet_gflops"] = round(row["img_per_s"] * variant.evaluations * UNET_GFLOP_PER_EVAL, 1)
+        print(
+            variant.name,
+            "img/s",
+            row["img_per_s_rounds"],
+            "over baseline",
+            row["speed_over_baseline"],
+            flush=True,
+        )
     chosen, base = rows[-1], rows[0]
     figures = {
         "machine": machine(),
@@ -522,7 +611,10 @@ def main() -> None:
         "model": chosen["model"],
         "sampling": chosen["sampling"],
         "img_per_s_baseline": base["img_per_s"],
-        "speed_over_baseline": round(chosen["img_per_s"] / base["img_per_s"], 2),
+        "speed_over_baseline": chosen["speed_over_baseline"]["median"],
+        "speed_over_baseline_rounds": chosen["speed_over_baseline"],
+        "timing": f"{args.timing_rounds} rounds x {len(subset.ids) * per_id} images per variant, "
+        "variants in turn; medians",
         "unet_gflops": chosen["unet_gflops"],
         "real_32": {k: real.get(k) for k in SHOWN if k in real},
         "variants": [
@@ -535,6 +627,9 @@ def main() -> None:
                     "evaluations_per_image",
                     "unet_gflops",
                     *SHOWN,
+                    "img_per_s_rounds",
+                    "speed_over_baseline",
+                    "img_per_s_quality_pass",
                 )
             }
             for r in rows

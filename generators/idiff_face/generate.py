@@ -40,7 +40,7 @@ _LOAD_LOCK = threading.Lock()  # diffusers' lazy meta-device init is not thread-
 
 def load_pipeline(settings: IDiffFaceSettings):
     """The sampling pipeline, loaded once per process (per worker on a Dask cluster)."""
-    key = (settings.model, settings.scheduler, settings.device, settings.dtype)
+    key = (settings.model, settings.scheduler, settings.device, settings.dtype, settings.compile)
     with _LOAD_LOCK:
         return _load_locked(key, settings)
 
@@ -57,8 +57,36 @@ def _load_locked(key: tuple, settings: IDiffFaceSettings):
         pipeline = IDiffFacePipeline.from_pretrained(
             settings.model, settings.scheduler, device=device, dtype=getattr(torch, settings.dtype)
         )
+        if settings.compile:
+            compile_and_warm_up(pipeline, settings)
         _PIPELINES[key] = (pipeline, folder_checksum(settings.model))
     return _PIPELINES[key]
+
+
+def compile_and_warm_up(pipeline, settings: IDiffFaceSettings) -> bool:
+    """Compile the UNet and draw one throwaway batch with these sampling settings, so every
+    shape they use compiles here, once, under the load lock (not in racing chunk threads).
+    A compiler that fails leaves the eager UNet in place: slower, same images up to rounding.
+    """
+    import torch
+
+    from facefoundry.generators.seeds import CPU_BATCH
+
+    pipeline.compile_unet()
+    rng = np.random.default_rng(0)
+    dim = pipeline.model.config.id_dim
+    vectors = rng.standard_normal((CPU_BATCH, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    try:
+        sample_with_backoff(pipeline, vectors, list(range(CPU_BATCH)), settings)
+    except (torch.cuda.OutOfMemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # inductor raises many kinds: a missing compiler, codegen
+        pipeline.eager_unet()
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        logger.warning("generate.compile: torch.compile failed (%s); sampling eagerly", first_line)
+        return False
+    return True
 
 
 def sample_with_backoff(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -47,6 +47,18 @@ class IDiffFaceSettings(GeneratorSettings):
         "per step instead of three)",
     )
     context_noise: float = Field(0.0, ge=0.0, description="std of per-sample identity jitter")
+    compile: bool = Field(
+        False,
+        description="torch.compile the UNet once per process (C++ compiler needed; about a "
+        "minute the first time on a machine, seconds once cached): 1.3-1.5x faster on CPU; "
+        "falls back to eager sampling with a warning if compilation fails. Changes images "
+        "by float rounding only, so it never re-runs generation",
+    )
+
+    SCHEDULING_FIELDS: ClassVar[tuple[str, ...]] = (
+        *GeneratorSettings.SCHEDULING_FIELDS,
+        "compile",
+    )
 
     @model_validator(mode="after")
     def _check_alternate(self):
