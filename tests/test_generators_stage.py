@@ -4,6 +4,7 @@ import hashlib
 import json
 import tarfile
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -86,6 +87,23 @@ def test_cli_identities_and_sample_are_reproducible_and_resumable(tiny_model_dir
     tars[1].unlink()
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert _sha(tmp_path / "a" / "part-00001.tar") == before
+    # --compile draws the same images up to float rounding (JPEG-encoded here)
+    assert main([*args, "--compile", "--out", str(tmp_path / "c")]) == 0
+    eager, compiled = _decoded(tars[0]), _decoded(tmp_path / "c" / tars[0].name)
+    assert eager.keys() == compiled.keys()
+    for key, image in eager.items():
+        assert np.abs(image - compiled[key]).mean() < 0.5, key
+
+
+def _decoded(tar_path):
+    from PIL import Image
+
+    with tarfile.open(tar_path) as archive:
+        return {
+            m.name: np.asarray(Image.open(archive.extractfile(m)), dtype=np.int16)
+            for m in archive.getmembers()
+            if m.name.endswith(".jpg")
+        }
 
 
 def test_identity_dimension_mismatch_is_a_clear_error(tiny_model_dir, tmp_path, capsys):

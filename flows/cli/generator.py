@@ -150,6 +150,7 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
         detail_alternate=args.detail_alternate,
         batch_size=args.batch_size,
         chunk_identities=args.chunk,
+        compile=args.compile,
     )
     ids = [int(i) for i in IdentityTable.load(args.identities).ids]
     parts = []
@@ -580,6 +581,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_detail_alternate(sample)
     sample.add_argument("--batch-size", type=positive_int, default=64)
+    sample.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet first (about a minute the first time on a machine, "
+        "seconds once cached; 1.3x faster on CPU, the same images up to float rounding)",
+    )
     sample.add_argument("--chunk", type=positive_int, default=50, help="identities per chunk")
     sample.add_argument("--seed", type=int, default=0, help="recipe seed")
     sample.set_defaults(func=cmd_generator_sample)

@@ -73,12 +73,14 @@ def compile_and_warm_up(pipeline, settings: IDiffFaceSettings) -> bool:
     from facefoundry.generators.seeds import CPU_BATCH
 
     pipeline.compile_unet()
+    # one model call's batch: CPU always runs CPU_BATCH; CUDA batch_size (a last, shorter
+    # batch compiles its own shape when it comes)
+    count = CPU_BATCH if pipeline.device.type == "cpu" else settings.batch_size
     rng = np.random.default_rng(0)
-    dim = pipeline.model.config.id_dim
-    vectors = rng.standard_normal((CPU_BATCH, dim)).astype(np.float32)
+    vectors = rng.standard_normal((count, pipeline.model.config.id_dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     try:
-        sample_with_backoff(pipeline, vectors, list(range(CPU_BATCH)), settings)
+        sample_with_backoff(pipeline, vectors, list(range(count)), settings)
     except (torch.cuda.OutOfMemoryError, KeyboardInterrupt):
         raise
     except Exception as error:  # inductor raises many kinds: a missing compiler, codegen
