@@ -400,7 +400,7 @@ def real_faces(people: int | None, per_person: int, size: int, seed: int = 0, mi
 
 def load_variant(variant: Variant):
     """The variant's pipeline, compiled and warmed up on its own shapes when it asks."""
-    from facefoundry.generators.idiff_face.generate import compile_and_warm_up
+    from facefoundry.generators.idiff_face.generate import compile_and_warm_up, warm_up
     from facefoundry.generators.idiff_face.pipeline import IDiffFacePipeline
     from facefoundry.generators.idiff_face.settings import IDiffFaceSettings
 
@@ -410,12 +410,8 @@ def load_variant(variant: Variant):
         settings = settings.model_copy(update={"compile": True})
         if not compile_and_warm_up(pipe, settings):
             raise SystemExit(f"{variant.name}: torch.compile failed (see the warning above)")
-    else:  # the same one-batch warm-up: oneDNN builds its kernels on the first calls
-        pipe(
-            np.eye(8, pipe.model.config.id_dim, dtype=np.float32),
-            list(range(8)),
-            **sampling_kwargs(variant),
-        )
+    else:
+        warm_up(pipe, settings)
     return pipe
 
 

@@ -3,6 +3,7 @@ keeps CPU sampling batch-invariant, and a broken compiler falls back to eager sa
 
 import copy
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,6 +57,15 @@ def test_a_compiler_that_fails_leaves_eager_sampling_and_says_so(caplog):
     )
 
 
-def test_compile_is_a_scheduling_field_that_never_reruns_generation():
-    assert "compile" in IDiffFaceSettings.SCHEDULING_FIELDS
-    assert not IDiffFaceSettings(model="m").compile
+def test_switching_compile_leaves_the_generate_and_identities_digests_unchanged():
+    """Like ``device``, compile changes how images are drawn, not which: toggling it keeps
+    every chunk already drawn; a sampling field (steps) does change the digest."""
+    from facefoundry.flows.config import load_recipe
+    from facefoundry.flows.stage_table import generate_section
+
+    demo = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    eager = generate_section(load_recipe(demo, ["generate.compile=false"]))
+    compiled = generate_section(load_recipe(demo, ["generate.compile=true"]))
+    assert compiled == eager
+    assert generate_section(load_recipe(demo, ["generate.steps=9"])) != eager
+    assert not IDiffFaceSettings(model="m").compile  # off unless a recipe asks

@@ -70,18 +70,10 @@ def compile_and_warm_up(pipeline, settings: IDiffFaceSettings) -> bool:
     """
     import torch
 
-    from facefoundry.generators.seeds import CPU_BATCH
-
     pipeline.compile_unet()
-    # one model call's batch: CPU always runs CPU_BATCH; CUDA batch_size (a last, shorter
-    # batch compiles its own shape when it comes)
-    count = CPU_BATCH if pipeline.device.type == "cpu" else settings.batch_size
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((count, pipeline.model.config.id_dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     try:
-        sample_with_backoff(pipeline, vectors, list(range(count)), settings)
-    except (torch.cuda.OutOfMemoryError, KeyboardInterrupt):
+        warm_up(pipeline, settings)
+    except torch.cuda.OutOfMemoryError:
         raise
     except Exception as error:  # inductor raises many kinds: a missing compiler, codegen
         pipeline.eager_unet()
@@ -89,6 +81,19 @@ def compile_and_warm_up(pipeline, settings: IDiffFaceSettings) -> bool:
         logger.warning("generate.compile: torch.compile failed (%s); sampling eagerly", first_line)
         return False
     return True
+
+
+def warm_up(pipeline, settings: IDiffFaceSettings) -> None:
+    """Draw one model call's batch (CPU: ``CPU_BATCH``; CUDA: ``batch_size``) of throwaway
+    images with these sampling settings: kernels are built (compiled, or chosen by oneDNN)
+    on first use of each shape, and a timed or threaded run should not pay for that."""
+    from facefoundry.generators.seeds import CPU_BATCH
+
+    count = CPU_BATCH if pipeline.device.type == "cpu" else settings.batch_size
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((count, pipeline.model.config.id_dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sample_with_backoff(pipeline, vectors, list(range(count)), settings)
 
 
 def sample_with_backoff(
