@@ -324,6 +324,22 @@ def test_grow_attention_needs_a_trained_model_to_grow(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grow-depth", "1"], "--grow-depth adds blocks to a trained model"),
+        (["--grow-depth", "-1", "--init-from", "."], "--grow-depth is a number of blocks"),
+    ],
+)
+def test_grow_depth_needs_a_trained_model_and_a_count(tmp_path, capsys, flags, message):
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"not read: the flags are refused first")
+    argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), *flags]
+    assert main(argv) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
 def test_schedule_to_budget_needs_a_budget(tmp_path, capsys):
     data = tmp_path / "train.npz"
     data.write_bytes(b"not read: the flags are refused first")

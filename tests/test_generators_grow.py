@@ -1,10 +1,10 @@
-"""Growing identity cross-attention into a trained model: same predictions, then it trains."""
+"""Growing a trained model (cross-attention, depth): same predictions, then it trains."""
 
 import pytest
 import torch
 
 from facefoundry.errors import UsageError
-from facefoundry.generators.idiff_face.grow import grow_attention
+from facefoundry.generators.idiff_face.grow import grow_attention, grow_depth
 from facefoundry.generators.idiff_face.model import IDiffFaceModel, count_parameters
 from tests.helpers.generators import tiny_config
 
@@ -56,3 +56,42 @@ def test_growing_a_level_that_does_not_exist_is_a_clear_error():
     model = IDiffFaceModel(tiny_config(attention_levels=(1,)))
     with pytest.raises(UsageError, match="do not exist"):
         grow_attention(model, (2,))
+
+
+@pytest.mark.parametrize("levels", [(1,), (0, 1)])
+def test_deeper_model_predicts_exactly_what_the_old_one_did(levels):
+    torch.manual_seed(0)
+    old = IDiffFaceModel(tiny_config(attention_levels=levels)).eval()
+    grown = grow_depth(old).eval()
+    twice = grow_depth(grown).eval()
+    assert grown.config.layers_per_block == 2 and twice.config.layers_per_block == 3
+    assert count_parameters(old) < count_parameters(grown) < count_parameters(twice)
+    assert len(grown.unet.up_blocks[0].resnets) == 3
+    sample, timesteps, identity = _inputs(old.config)
+    with torch.no_grad():
+        expected = old(sample, timesteps, identity)
+        torch.testing.assert_close(grown(sample, timesteps, identity), expected)
+        torch.testing.assert_close(twice(sample, timesteps, identity), expected)
+    # the up blocks' old blocks moved one on; every old weight is carried unchanged
+    old_state = old.state_dict()
+    moved = grown.unet.up_blocks[0].resnets[2].conv1.weight
+    assert torch.equal(moved, old_state["unet.up_blocks.0.resnets.1.conv1.weight"])
+
+
+def test_new_blocks_receive_gradient_and_the_deeper_model_trains():
+    torch.manual_seed(0)
+    grown = grow_depth(IDiffFaceModel(tiny_config(attention_levels=(1,))))
+    sample, timesteps, identity = _inputs(grown.config)
+    target = torch.randn_like(sample)
+    optimizer = torch.optim.Adam(grown.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.mse_loss(grown(sample, timesteps, identity), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    new_down = grown.unet.down_blocks[0].resnets[1].conv2.weight
+    new_up = grown.unet.up_blocks[1].resnets[1].conv2.weight
+    assert new_down.abs().sum() > 0 and new_up.abs().sum() > 0  # left zero, now learning
+    assert losses[-1] < losses[0]

@@ -86,6 +86,10 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         existing_dir(args.init_from, "--init-from model folder")
     if args.grow_attention and not args.init_from:
         raise UsageError("--grow-attention adds attention to a trained model: give --init-from")
+    if args.grow_depth < 0:
+        raise UsageError(f"--grow-depth is a number of blocks, 0 or more (got {args.grow_depth})")
+    if args.grow_depth and not args.init_from:
+        raise UsageError("--grow-depth adds blocks to a trained model: give --init-from")
     if args.schedule_to_budget and not args.max_minutes:
         raise UsageError(
             "--schedule-to-budget fits the schedule to a time budget: give --max-minutes"
@@ -127,6 +131,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         schedule_to_budget=args.schedule_to_budget,
         init_from=args.init_from,
         grow_attention_levels=tuple(args.grow_attention or ()),
+        grow_depth_blocks=args.grow_depth,
     )
     print(json.dumps({"model": str(model)}))
     return 0
@@ -549,6 +554,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="with --init-from: add identity cross-attention at these resolution levels "
         "(0 = full, 1 = half, ...); new blocks start at zero, so training starts from the "
         "old model's exact predictions",
+    )
+    train.add_argument(
+        "--grow-depth",
+        type=int,
+        default=0,
+        metavar="BLOCKS",
+        help="with --init-from: add this many residual blocks (and attention, where a level "
+        "has it) to every down and up block, each started as the identity, so a deeper "
+        "model trains from the old model's exact predictions (default: 0)",
     )
     train.set_defaults(func=cmd_generator_train)
 

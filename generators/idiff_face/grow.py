@@ -1,13 +1,19 @@
-"""Add identity cross-attention to a trained model without changing what it draws.
+"""Grow a trained model without changing what it draws: more attention, more depth.
 
 The small default model reads its identity through cross-attention at 8 x 8 only (and
 the time embedding); the finer levels see identity only as a global scale/shift. Growing
 cross-attention into a finer level keeps every trained weight: the new transformer
 blocks start with a zero output projection, so they add nothing until training moves
 them, and the grown model predicts exactly what the old one did.
+
+Growing depth (``grow_depth``) adds one residual block (and its attention, where the
+level has one) to every down and up block, started as the identity, so capacity can
+grow from the trained weights instead of from scratch (Net2DeeperNet's idea).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -52,3 +58,72 @@ def _zero(layer: nn.Module) -> None:
     with torch.no_grad():
         for parameter in layer.parameters():
             parameter.zero_()
+
+
+def grow_depth(model: IDiffFaceModel) -> IDiffFaceModel:
+    """A copy of ``model`` with one more residual block per down and up block.
+
+    Down block: the new block comes last, so its output (a skip connection) equals the
+    one before it. Up block: blocks pop skips in reverse, so the new block goes second;
+    the first (an old block) now reads the new, equal skip, and the old blocks after
+    the new one read the skips they always did. Every new block starts as the identity
+    on its main input: a zero last convolution, a shortcut that passes the main input
+    and drops the skip, a zero attention output.
+    """
+    config = model.config
+    depth = config.layers_per_block
+    grown = IDiffFaceModel(config.model_copy(update={"layers_per_block": depth + 1}))
+    state = {_grown_key(key): value for key, value in model.state_dict().items()}
+    result = grown.load_state_dict(state, strict=False)
+    new_blocks = _new_blocks(result.missing_keys)
+    expected = {
+        f"unet.{side}.{b}.{kind}.{index}"
+        for b in range(len(config.block_out_channels))
+        for side, index in (("down_blocks", depth), ("up_blocks", 1))
+        for kind in ("resnets", "attentions")
+    }
+    if result.unexpected_keys or not new_blocks <= expected:
+        raise RuntimeError(
+            "growing depth changed more than the new blocks: "
+            f"new {sorted(new_blocks - expected)[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
+    for name in new_blocks:
+        block = grown.get_submodule(name)
+        if ".attentions." in name:
+            _zero(block.proj_out)
+        else:
+            _start_as_identity(block)
+    return grown
+
+
+def _grown_key(key: str) -> str:
+    """An old weight's name in the grown model: up blocks' blocks 1.. move one on."""
+    match = re.match(r"(unet\.up_blocks\.\d+\.(?:resnets|attentions)\.)(\d+)(\..*)", key)
+    if match is None or match.group(2) == "0":
+        return key
+    return f"{match.group(1)}{int(match.group(2)) + 1}{match.group(3)}"
+
+
+def _new_blocks(missing_keys: list[str]) -> set[str]:
+    """'unet.up_blocks.0.resnets.1' for every block the old state did not fill."""
+    names = set()
+    for key in missing_keys:
+        match = re.match(r"(unet\.\w+\.\d+\.(?:resnets|attentions)\.\d+)\.", key)
+        names.add(match.group(1) if match else key)
+    return names
+
+
+def _start_as_identity(resnet: nn.Module) -> None:
+    """A diffusers residual block that returns its main input: zero last convolution and,
+    where channels change (an up block's concatenated skip), a shortcut that keeps the
+    first ``out`` channels (the main input) and drops the rest (the skip)."""
+    _zero(resnet.conv2)
+    shortcut = resnet.conv_shortcut
+    if shortcut is None:
+        return
+    out_channels = shortcut.weight.shape[0]
+    with torch.no_grad():
+        shortcut.weight.zero_()
+        shortcut.weight[:, :out_channels, 0, 0] = torch.eye(out_channels)
+        if shortcut.bias is not None:
+            shortcut.bias.zero_()
