@@ -16,6 +16,21 @@ def _inputs(config, rows: int = 3):
     return sample, torch.tensor([10, 500, 900]), identity
 
 
+def _fit_noise_target(model, steps: int = 5) -> list[float]:
+    """Adam steps toward a fixed random target; the losses, first to last."""
+    sample, timesteps, identity = _inputs(model.config)
+    target = torch.randn_like(sample)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(sample, timesteps, identity), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_grown_model_predicts_exactly_what_the_old_one_did_and_has_new_attention():
     torch.manual_seed(0)
     old = IDiffFaceModel(tiny_config(attention_levels=(1,))).eval()
@@ -37,16 +52,7 @@ def test_new_attention_receives_gradient_and_training_moves_the_prediction():
     torch.manual_seed(0)
     old = IDiffFaceModel(tiny_config(attention_levels=(1,)))
     grown = grow_attention(old, (0,))
-    sample, timesteps, identity = _inputs(old.config)
-    target = torch.randn_like(sample)
-    optimizer = torch.optim.Adam(grown.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(5):
-        loss = torch.nn.functional.mse_loss(grown(sample, timesteps, identity), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _fit_noise_target(grown)
     new_out = grown.unet.down_blocks[0].attentions[0].proj_out.weight
     assert new_out.abs().sum() > 0  # the zero-initialised projection learned something
     assert losses[-1] < losses[0]
@@ -81,16 +87,7 @@ def test_deeper_model_predicts_exactly_what_the_old_one_did(levels):
 def test_new_blocks_receive_gradient_and_the_deeper_model_trains():
     torch.manual_seed(0)
     grown = grow_depth(IDiffFaceModel(tiny_config(attention_levels=(1,))))
-    sample, timesteps, identity = _inputs(grown.config)
-    target = torch.randn_like(sample)
-    optimizer = torch.optim.Adam(grown.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(5):
-        loss = torch.nn.functional.mse_loss(grown(sample, timesteps, identity), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _fit_noise_target(grown)
     new_down = grown.unet.down_blocks[0].resnets[1].conv2.weight
     new_up = grown.unet.up_blocks[1].resnets[1].conv2.weight
     assert new_down.abs().sum() > 0 and new_up.abs().sum() > 0  # left zero, now learning
