@@ -1,5 +1,7 @@
 """Growing a trained model (cross-attention, depth): same predictions, then it trains."""
 
+import re
+
 import pytest
 import torch
 
@@ -78,10 +80,15 @@ def test_deeper_model_predicts_exactly_what_the_old_one_did(levels):
         expected = old(sample, timesteps, identity)
         torch.testing.assert_close(grown(sample, timesteps, identity), expected)
         torch.testing.assert_close(twice(sample, timesteps, identity), expected)
-    # the up blocks' old blocks moved one on; every old weight is carried unchanged
-    old_state = old.state_dict()
-    moved = grown.unet.up_blocks[0].resnets[2].conv1.weight
-    assert torch.equal(moved, old_state["unet.up_blocks.0.resnets.1.conv1.weight"])
+    # every old weight is carried unchanged; in up blocks, blocks 1.. moved one on
+    grown_state = grown.state_dict()
+    for key, value in old.state_dict().items():
+        moved = re.sub(
+            r"(up_blocks\.\d+\.(?:resnets|attentions)\.)([1-9]\d*)\.",
+            lambda match: f"{match.group(1)}{int(match.group(2)) + 1}.",
+            key,
+        )
+        assert torch.equal(grown_state[moved], value), key
 
 
 def test_new_blocks_receive_gradient_and_the_deeper_model_trains():

@@ -39,19 +39,10 @@ def grow_attention(model: IDiffFaceModel, levels: tuple[int, ...]) -> IDiffFaceM
             "growing attention changed more than the new attention blocks: "
             f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
-    for name in _new_attention_blocks(result.missing_keys):
+    for name in _new_blocks(result.missing_keys):
         transformer = grown.get_submodule(name)
         _zero(transformer.proj_out)
     return grown
-
-
-def _new_attention_blocks(missing_keys: list[str]) -> list[str]:
-    """'unet.down_blocks.1.attentions.0' for every new transformer, from its missing keys."""
-    names = set()
-    for key in missing_keys:
-        head, _, rest = key.partition(".attentions.")
-        names.add(f"{head}.attentions.{rest.split('.')[0]}")
-    return sorted(names)
 
 
 def _zero(layer: nn.Module) -> None:
@@ -105,7 +96,8 @@ def _grown_key(key: str) -> str:
 
 
 def _new_blocks(missing_keys: list[str]) -> set[str]:
-    """'unet.up_blocks.0.resnets.1' for every block the old state did not fill."""
+    """'unet.up_blocks.0.resnets.1' (or '...attentions.0') for every block the old state
+    did not fill."""
     names = set()
     for key in missing_keys:
         match = re.match(r"(unet\.\w+\.\d+\.(?:resnets|attentions)\.\d+)\.", key)
