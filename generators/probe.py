@@ -188,6 +188,7 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
     Writes ``identities.parquet`` (the kept identities, candidate ids kept), and beside it
     ``candidates.parquet``, ``probes/`` (the probe chunks) and ``probe_funnel.json``.
     """
+    from facefoundry.faces.embedders import get_embedder
     from facefoundry.faces.settings import embed_workers
     from facefoundry.filters.calibrate import resolve_threshold
     from facefoundry.filters.samples import embedder_name
@@ -209,9 +210,12 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
             "condition: original and no min_condition_cos"
         )
     tau = 1.0  # de-duplication off in the filter: probes only need a face
-    if recipe.filter.tau_inter is not None:
+    if recipe.filter.tau_inter is not None:  # the filter's cosine, for these very weights
         tau = resolve_threshold(
-            recipe.filter.tau_inter, embedder, location=recipe.filter.calibration
+            recipe.filter.tau_inter,
+            embedder,
+            get_embedder(embedder).checksum,
+            location=recipe.filter.calibration,
         ).cos
     module = family_of(recipe.generate).load()
     probe_settings = recipe.generate.model_copy(update={"samples_per_identity": probe.samples})

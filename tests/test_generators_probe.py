@@ -9,6 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from facefoundry.faces.embedders import get_embedder
+from facefoundry.filters.calibrate import find_calibration
+from facefoundry.filters.calibration_tables import BUILTIN
 from facefoundry.generators import probe
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from tests.helpers.flows import tiny_recipe
@@ -85,6 +88,10 @@ def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp
     from facefoundry.flows.stages import build
     from facefoundry.generators.identities import IdentityTable
 
+    # a calibration for other SFace weights: the probes must skip it, as the filter does
+    decoy = {**BUILTIN[0], "checksum": "0" * 64}
+    decoy["thresholds"] = {fmr: 0.99 for fmr in decoy["thresholds"]}
+    (tmp_path / "decoy.json").write_text(json.dumps(decoy))
     recipe = tiny_recipe(
         tmp_path,
         DEFAULT_MODEL,
@@ -95,10 +102,15 @@ def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp
             "probe": {"candidates": 3.0, "condition": "probe"},
         },
         generate={"steps": 4, "guidance_scale": 3.0},
+        filter={"calibration": str(tmp_path / "decoy.json")},
     )
-    build(load_recipe(recipe), tmp_path / "runs", stop_after="generate")
+    loaded = load_recipe(recipe)
+    build(loaded, tmp_path / "runs", stop_after="generate")
     folder = tmp_path / "runs" / "tiny" / "identities"
     funnel = json.loads((folder / "probe_funnel.json").read_text())
+    checked = find_calibration("sface", get_embedder("sface").checksum)
+    assert BUILTIN[0]["embedder"] == "sface"
+    assert funnel["tau_inter"] == checked.cos_at(loaded.filter.tau_inter.fmr) < 0.99
     decisions = pq.read_table(folder / "probes.parquet").to_pylist()
     kept = [row["candidate"] for row in decisions if row["outcome"] == "kept"]
     assert funnel["wanted"] == 3 and funnel["realised"] == len(kept) == 3
