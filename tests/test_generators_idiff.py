@@ -562,6 +562,30 @@ def test_person_batches_draw_people_uniformly_not_images():
     assert 0.05 < share["person"] < 0.15
 
 
+def test_other_photo_conditions_share_the_person_and_leave_the_batch_as_it_was():
+    # people of 3, 1 and 2 photos, rows interleaved
+    labels = np.array([0, 1, 2, 0, 2, 0])
+    data = tiny_data(n=len(labels))
+    data.labels = labels
+    batches = {}
+    for source in ("image", "other"):
+        settings = TrainSettings(steps=1, batch_size=600, condition_source=source)
+        trainer = Trainer(IDiffFaceModel(tiny_config()), data, settings, "unused")
+        batches[source] = trainer._batch(0)
+    own = (batches["image"][1][:, None, :] == trainer.embeddings[None]).all(-1).float().argmax(1)
+    cond = (batches["other"][1][:, None, :] == trainer.embeddings[None]).all(-1).float().argmax(1)
+    same_person = torch.from_numpy(labels)[own] == torch.from_numpy(labels)[cond]
+    assert bool(same_person.all())
+    single = torch.from_numpy(labels)[own] == 1
+    assert bool((cond[single] == own[single]).all())  # one photo: their own embedding
+    assert bool((cond[~single] != own[~single]).all())  # otherwise never their own
+    for row in (0, 3, 5):  # every other photo of the person is used
+        assert set(cond[own == row].tolist()) == {0, 3, 5} - {row}
+    (x0, _, t, noise, drop), (x0_, _, t_, noise_, drop_) = batches["image"], batches["other"]
+    assert torch.equal(x0, x0_) and torch.equal(t, t_)  # only the condition changed
+    assert torch.equal(noise, noise_) and torch.equal(drop, drop_)
+
+
 def test_layout_anchor_sees_lighting_and_framing_not_detail():
     from facefoundry.generators.idiff_face.train import layout_mse
 

@@ -116,6 +116,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         identity_max_rows=args.identity_max_rows,
         identity_space=args.identity_space,
         batch_sampling=args.batch_sampling,
+        condition_source=args.condition_source,
         drawn_rows=args.drawn_rows,
         drawn_identities=args.drawn_identities,
         drawn_weight=args.drawn_weight,
@@ -530,6 +531,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=["image", "person"],
         default="image",
         help="draw batch rows per image, or per person (uniform over people)",
+    )
+    train.add_argument(
+        "--condition-source",
+        choices=["image", "other"],
+        default="image",
+        help="condition each training photo on its own embedding, or on another photo of "
+        "the same person where there is one (only the identity is shared)",
     )
     train.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     train.add_argument(

@@ -89,6 +89,12 @@ class TrainSettings(BaseModel):
     # 9,525 images), so per-image batches pull the model toward a few faces. "person" draws
     # a person uniformly, then one of their images.
     batch_sampling: str = Field("image", pattern="^(image|person)$")
+    # issue 16, lever 5: which embedding conditions a training row. "image" (IDiff-Face):
+    # the row's own, which also carries this photo's pose, lighting and expression.
+    # "other": another photo of the same person where there is one (people with a single
+    # photo keep their own), so the condition can only tell the model what the person's
+    # photos share: the identity.
+    condition_source: str = Field("image", pattern="^(image|other)$")
     # drawn-identity rows (drawn_pool.py): this many rows per step are faces the starting
     # weights drew for conditions from the fitted prior (a pool of drawn_identities),
     # noised to t <= identity_max_t * T and scored by the identity and contrast terms
@@ -137,12 +143,29 @@ class _PersonRows:
         self.order = torch.from_numpy(order.astype(np.int64))
         self.starts = torch.from_numpy(starts.astype(np.int64))
         self.counts = torch.from_numpy(counts.astype(np.int64))
+        person = torch.repeat_interleave(torch.arange(len(counts)), self.counts)
+        self.row_start = torch.empty_like(self.order)  # per row (original order): its
+        self.row_start[self.order] = self.starts[person]  # person's first sorted position,
+        self.row_count = torch.empty_like(self.order)  # photo count and its own position
+        self.row_count[self.order] = self.counts[person]
+        self.row_position = torch.empty_like(self.order)
+        self.row_position[self.order] = torch.arange(len(order))
 
     def draw(self, size: int, generator: torch.Generator) -> torch.Tensor:
         person = torch.randint(0, len(self.counts), (size,), generator=generator)
         within = (torch.rand(size, generator=generator) * self.counts[person]).long()
         within = torch.minimum(within, self.counts[person] - 1)
         return self.order[self.starts[person] + within]
+
+    def other(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """For each row, a random other row of the same person (itself if they have one)."""
+        start, count = self.row_start[rows], self.row_count[rows]
+        others = (count - 1).clamp(min=1)
+        offset = 1 + torch.minimum(
+            (torch.rand(len(rows), generator=generator) * (count - 1)).long(), others - 1
+        )
+        within = (self.row_position[rows] - start + offset) % count
+        return self.order[start + within]
 
 
 def _lr_lambda(settings: TrainSettings):
@@ -340,6 +363,8 @@ class Trainer:
         )
         noise = torch.randn(x0.shape, generator=generator)
         drop = torch.rand(len(index), generator=generator) < self.settings.p_uncond
+        if self.settings.condition_source == "other":  # drawn last: "image" runs unchanged
+            identity = self.embeddings[self.person_rows.other(index, generator)]
         return x0, identity, timesteps, noise, drop
 
     def loss_at(self, step: int) -> torch.Tensor:
