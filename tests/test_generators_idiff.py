@@ -1,6 +1,7 @@
 """IDiff-Face on tiny seeded models: real forward passes, real training steps."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -97,6 +98,26 @@ def test_save_and_resume_give_the_identical_next_step(tmp_path):
     assert second.load_checkpoint()
     assert second.step == 3
     assert second.train_step() == expected
+
+
+def test_resuming_with_other_settings_names_what_changed(tmp_path, caplog):
+    from facefoundry.generators.idiff_face.train import changed_settings
+
+    settings = TrainSettings(steps=4, batch_size=4, checkpoint_every=1000)
+    first = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)
+    first.train_step()
+    first.save_checkpoint()
+    saved = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["settings"]
+    assert changed_settings(saved, settings.model_copy(update={"threads": 2})) == {}
+    older = {k: v for k, v in saved.items() if k != "condition_source"}  # predates it
+    assert changed_settings(older, settings) == {}
+    other = settings.model_copy(update={"condition_source": "other", "learning_rate": 2e-3})
+    with caplog.at_level(logging.WARNING):
+        assert Trainer(
+            IDiffFaceModel(tiny_config()), tiny_data(), other, tmp_path
+        ).load_checkpoint()
+    assert "condition_source 'image' -> 'other'" in caplog.text
+    assert f"learning_rate {settings.learning_rate!r} -> 0.002" in caplog.text
 
 
 def test_checkpoints_and_model_folders_are_safetensors(tmp_path):

@@ -168,6 +168,24 @@ class _PersonRows:
         return self.order[start + within]
 
 
+# how often a run logs and checkpoints, and its thread count, change no step's result
+_BOOKKEEPING = frozenset({"threads", "log_every", "checkpoint_every"})
+
+
+def changed_settings(saved: dict, settings: TrainSettings) -> dict[str, tuple]:
+    """Settings that differ from a checkpoint's (``saved``: its JSON), as (saved, now);
+    a field the checkpoint predates counts as its default."""
+    now = settings.model_dump(mode="json")
+    changed = {}
+    for key, value in now.items():
+        if key in _BOOKKEEPING:
+            continue
+        before = saved.get(key, TrainSettings.model_fields[key].default)
+        if before != value:
+            changed[key] = (before, value)
+    return changed
+
+
 def _lr_lambda(settings: TrainSettings):
     def factor(step: int) -> float:
         if step < settings.warmup_steps:
@@ -526,6 +544,15 @@ class Trainer:
         self.step = int(checkpoint.state["step"])
         self.history = checkpoint.state.get("history", [])
         logger.info("resumed from %s at step %d", checkpoint.folder, self.step)
+        changed = changed_settings(checkpoint.state.get("settings", {}), self.settings)
+        if changed:
+            logger.warning(
+                "resuming %s at step %d with other settings than it was trained with (%s): "
+                "the steps from here train differently; --restart starts over",
+                checkpoint.folder,
+                self.step,
+                "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()),
+            )
         return True
 
     def export(self, folder: str | Path) -> Path:
