@@ -168,6 +168,8 @@ VARIANTS = {
         "grow": (1,),
         "settings": {**_IDENTITY, **_DRAWN},
     },
+    # lever 5 (session 32): conditions from another photo of the same person
+    "id-other": {"init": DEFAULT_MODEL, "settings": {**_IDENTITY, "condition_source": "other"}},
 }
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16, lever 4, on a lent GPU: the committed IDiff-Face default continued at batch 256
 # (bf16) with the identity terms, variants side by side as separate processes sharing the
-# card (benchmarks/gpu_idiff.py train: id, id-drawn, id-drawn-attn16), each with a
+# card (benchmarks/gpu_idiff.py train: id, id-drawn, id-drawn-attn16, id-other), each with a
 # SECONDS_EACH training budget whose cosine schedule is fitted to the measured rate.
 #
 #   here, first:  bash benchmarks/device/idiff_face_lever4.sh pack   # fills .gpu/ (~37 MiB)
