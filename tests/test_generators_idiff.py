@@ -566,18 +566,29 @@ def test_identity_loss_rejects_non_sface_conditioning(tmp_path):
         Trainer(IDiffFaceModel(config), tiny_data(dim=128), settings, tmp_path)
 
 
+def _rows_of(conditions, embeddings):
+    """The training row each condition is (conditions are copies of training embeddings)."""
+    return (conditions[:, None, :] == embeddings[None]).all(-1).float().argmax(1)
+
+
+def _first_batch(labels, **settings):
+    """Step 0's batch of a tiny trainer over people ``labels``, and the trainer."""
+    data = tiny_data(n=len(labels))
+    data.labels = labels
+    trainer = Trainer(
+        IDiffFaceModel(tiny_config()), data, TrainSettings(steps=1, **settings), "unused"
+    )
+    return trainer._batch(0), trainer
+
+
 def test_person_batches_draw_people_uniformly_not_images():
     # one person with 90 images, nine with 1: per image the big person fills ~91% of
     # rows, per person ~10%
     labels = np.array([0] * 90 + list(range(1, 10)))
-    data = tiny_data(n=len(labels))
-    data.labels = labels
     share = {}
     for sampling in ("image", "person"):
-        settings = TrainSettings(steps=1, batch_size=2000, batch_sampling=sampling)
-        trainer = Trainer(IDiffFaceModel(tiny_config()), data, settings, "unused")
-        _, identity, *_ = trainer._batch(0)
-        rows = (identity[:, None, :] == trainer.embeddings[None]).all(-1).float().argmax(1)
+        (_, identity, *_), trainer = _first_batch(labels, batch_size=2000, batch_sampling=sampling)
+        rows = _rows_of(identity, trainer.embeddings)
         share[sampling] = float((torch.from_numpy(labels)[rows] == 0).float().mean())
     assert share["image"] > 0.85
     assert 0.05 < share["person"] < 0.15
@@ -586,15 +597,11 @@ def test_person_batches_draw_people_uniformly_not_images():
 def test_other_photo_conditions_share_the_person_and_leave_the_batch_as_it_was():
     # people of 3, 1 and 2 photos, rows interleaved
     labels = np.array([0, 1, 2, 0, 2, 0])
-    data = tiny_data(n=len(labels))
-    data.labels = labels
     batches = {}
     for source in ("image", "other"):
-        settings = TrainSettings(steps=1, batch_size=600, condition_source=source)
-        trainer = Trainer(IDiffFaceModel(tiny_config()), data, settings, "unused")
-        batches[source] = trainer._batch(0)
-    own = (batches["image"][1][:, None, :] == trainer.embeddings[None]).all(-1).float().argmax(1)
-    cond = (batches["other"][1][:, None, :] == trainer.embeddings[None]).all(-1).float().argmax(1)
+        batches[source], trainer = _first_batch(labels, batch_size=600, condition_source=source)
+    own = _rows_of(batches["image"][1], trainer.embeddings)
+    cond = _rows_of(batches["other"][1], trainer.embeddings)
     same_person = torch.from_numpy(labels)[own] == torch.from_numpy(labels)[cond]
     assert bool(same_person.all())
     single = torch.from_numpy(labels)[own] == 1
