@@ -143,13 +143,15 @@ class _PersonRows:
         self.order = torch.from_numpy(order.astype(np.int64))
         self.starts = torch.from_numpy(starts.astype(np.int64))
         self.counts = torch.from_numpy(counts.astype(np.int64))
+        # per row (original order): its person's first sorted position, photo count and
+        # its own rank among them
         person = torch.repeat_interleave(torch.arange(len(counts)), self.counts)
-        self.row_start = torch.empty_like(self.order)  # per row (original order): its
-        self.row_start[self.order] = self.starts[person]  # person's first sorted position,
-        self.row_count = torch.empty_like(self.order)  # photo count and its own position
+        self.row_start = torch.empty_like(self.order)
+        self.row_start[self.order] = self.starts[person]
+        self.row_count = torch.empty_like(self.order)
         self.row_count[self.order] = self.counts[person]
-        self.row_position = torch.empty_like(self.order)
-        self.row_position[self.order] = torch.arange(len(order))
+        self.row_rank = torch.empty_like(self.order)
+        self.row_rank[self.order] = torch.arange(len(order)) - self.starts[person]
 
     def draw(self, size: int, generator: torch.Generator) -> torch.Tensor:
         person = torch.randint(0, len(self.counts), (size,), generator=generator)
@@ -159,13 +161,11 @@ class _PersonRows:
 
     def other(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """For each row, a random other row of the same person (itself if they have one)."""
-        start, count = self.row_start[rows], self.row_count[rows]
-        others = (count - 1).clamp(min=1)
-        offset = 1 + torch.minimum(
-            (torch.rand(len(rows), generator=generator) * (count - 1)).long(), others - 1
-        )
-        within = (self.row_position[rows] - start + offset) % count
-        return self.order[start + within]
+        count = self.row_count[rows]
+        step = (torch.rand(len(rows), generator=generator) * (count - 1)).long()
+        step = torch.minimum(step, (count - 2).clamp(min=0))  # u * (n - 1) rounds below n - 1
+        within = (self.row_rank[rows] + 1 + step) % count  # 1 .. n - 1 ranks on: never itself
+        return self.order[self.row_start[rows] + within]
 
 
 # how often a run logs and checkpoints, and its thread count, change no step's result
