@@ -180,6 +180,8 @@ def main() -> None:
         "identities_synthetic": comparison["identities_synthetic"],
         "identities_real": comparison["identities_real"],
         "real_rule": comparison["real_rule"],
+        # restored from a finished twin of an earlier run, or trained in this one
+        "real_twin": comparison.get("real_twin"),
         "synthetic_devtest_acc": comparison["synthetic"]["devtest"]["accuracy"],
         "synthetic_devtest_std": comparison["synthetic"]["devtest"]["std"],
         "real_devtest_acc": comparison["real"]["devtest"]["accuracy"],

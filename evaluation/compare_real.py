@@ -15,12 +15,23 @@ Which real faces (``real``):
 The output is ``compare/comparison.json`` (both accuracies with fold std, their ratio,
 identity and image counts, the per-epoch validation curves) and the real run's
 ``compare/real/{shards,train,evaluate}``.
+
+The real side does not depend on the synthetic images once its people are chosen, and at
+the largest sizes it is always the same (all of DevTrain: ~34 min of training on 2 cores).
+So a finished real twin is kept in ``$FACEFOUNDRY_CACHE_DIR/real-twins/<key>``, the key
+being its people, the trainer and evaluation settings, the code that makes it and the LFW
+copy, and a later run with the same key restores it instead of training again
+(``comparison.json``'s ``real_twin`` says which). Delete the folder to train it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,14 +110,81 @@ def verdict(synthetic: float | None, real: float | None) -> str:
     )
 
 
-def compare_with_real(run, recipe) -> dict:
-    """The compare stage body: train + evaluate the real twin of the run, write the
-    comparison."""
-    from facefoundry.atomic import write_json_atomic
-    from facefoundry.evaluation.lfw import Lfw, read_people
+TWIN_RECORD = "twin.json"  # written last into a finished twin of the cache
+
+
+def twin_cache_root() -> Path:
+    """Finished real twins, shared by the runs of this machine."""
+    from facefoundry.evaluation.lfw import cache_dir
+
+    return cache_dir() / "real-twins"
+
+
+def twin_key(people: list[tuple[str, int]], settings_digest: str, lfw_root: Path) -> str:
+    """What decides a real twin: its (name, photos) rows, the trainer / evaluation / code
+    digest the caller gives, and which LFW copy it reads."""
+    payload = {
+        "people": [[name, int(photos)] for name, photos in people],
+        "settings": settings_digest,
+        "lfw": str(Path(lfw_root).resolve()),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _make_twin(people: list[tuple[str, int]], real: Path, recipe) -> None:
+    """Shards of the real people, the recognizer trained on them, its evaluation."""
     from facefoundry.evaluation.lfw_shards import write_lfw_shards
     from facefoundry.evaluation.verify import evaluate_stage
     from facefoundry.recognition.train import train_recognizer
+
+    shards = write_lfw_shards(real / "shards", recipe.evaluation.lfw, people=people, progress=False)
+    train_recognizer(shards, real / "train", recipe.train, recipe.evaluation.lfw, progress=False)
+    (real / "evaluate").mkdir(parents=True, exist_ok=True)
+    evaluate_stage(f"onnx:{real / 'train' / 'model.onnx'}", real / "evaluate", recipe.evaluation)
+
+
+def real_twin(
+    people: list[tuple[str, int]],
+    real: Path,
+    recipe,
+    lfw_root: Path,
+    settings_digest: str | None,
+    made_by: str = "",
+) -> dict:
+    """Fill ``real`` with the real twin: restored from the cache when a finished twin
+    with the same key is there, else made here and then copied into the cache (under a
+    temporary name, renamed when complete, so a killed copy is never read).
+    ``settings_digest`` None: no cache."""
+    if settings_digest is None:
+        _make_twin(people, real, recipe)
+        return {"key": None, "reused": False}
+    key = twin_key(people, settings_digest, lfw_root)
+    cached = twin_cache_root() / key
+    record = cached / TWIN_RECORD
+    if record.is_file():
+        made = json.loads(record.read_text())
+        shutil.rmtree(real, ignore_errors=True)  # a partial twin of this run: remade below
+        shutil.copytree(cached, real, ignore=shutil.ignore_patterns(TWIN_RECORD))
+        logger.info("real twin %s restored from the cache (made by %s)", key, made["made_by"])
+        return {"key": key, "reused": True, "made_by": made["made_by"]}
+    _make_twin(people, real, recipe)
+    partial = cached.parent / f".{key}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(real, partial)
+    made = {"key": key, "made_by": made_by, "made_at": datetime.now(UTC).isoformat()}
+    (partial / TWIN_RECORD).write_text(json.dumps({**made, "people": len(people)}))
+    try:
+        partial.rename(cached)
+    except OSError:  # another run published the same twin first
+        shutil.rmtree(partial, ignore_errors=True)
+    return {"key": key, "reused": False, "made_by": made_by}
+
+
+def compare_with_real(run, recipe, settings_digest: str | None = None) -> dict:
+    """The compare stage body: train + evaluate the real twin of the run (or restore it;
+    ``settings_digest``: see ``real_twin``), write the comparison."""
+    from facefoundry.atomic import write_json_atomic
+    from facefoundry.evaluation.lfw import Lfw, read_people
 
     settings = recipe.compare
     out = run.stage("compare")
@@ -116,16 +194,14 @@ def compare_with_real(run, recipe) -> dict:
     available = read_people(lfw.protocol_file("peopleDevTrain.txt"))
     people, rule = choose_real_people(available, per_identity, settings.real)
     real = out / "real"
-    shards = write_lfw_shards(real / "shards", recipe.evaluation.lfw, people=people, progress=False)
-    train_recognizer(shards, real / "train", recipe.train, recipe.evaluation.lfw, progress=False)
-    (real / "evaluate").mkdir(parents=True, exist_ok=True)
-    evaluate_stage(f"onnx:{real / 'train' / 'model.onnx'}", real / "evaluate", recipe.evaluation)
+    twin = real_twin(people, real, recipe, lfw.root, settings_digest, made_by=run.name)
     synthetic_acc, real_acc = _accuracies(run.evaluate), _accuracies(real / "evaluate")
     syn = synthetic_acc.get("devtest", {}).get("accuracy")
     ref = real_acc.get("devtest", {}).get("accuracy")
     identities = json.loads(run.marker("identities").read_text()).get("identities")
     comparison = {
         "real_rule": rule,
+        "real_twin": twin,
         "images_synthetic": int(sum(per_identity)),
         "identities_synthetic": len(per_identity),
         "images_real": int(sum(c for _, c in people)),

@@ -328,6 +328,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 ],
             )
         )
+        twin = comparison.get("real_twin") or {}
+        if twin.get("reused"):
+            parts.append(
+                f"<p>The real side was restored from a finished twin (same people, trainer, "
+                f"evaluation and code) made by run {html.escape(str(twin.get('made_by')))}: "
+                f"<code>$FACEFOUNDRY_CACHE_DIR/real-twins/{html.escape(str(twin['key']))}"
+                "</code>.</p>"
+            )
         figure = curves_plot(comparison)
         parts.append(
             _img(_png(figure) if figure else None, "LFW DevTest accuracy per epoch, both trainers")

@@ -272,6 +272,22 @@ def compare_section(recipe: Recipe) -> dict:
     }
 
 
+def real_twin_digest(recipe: Recipe) -> str:
+    """What decides the compare stage's real twin besides its people: the trainer and
+    evaluation settings and the code that runs them (a cached twin is reused only when
+    all match)."""
+    import hashlib
+
+    from facefoundry.flows.code_digest import code_digest
+
+    payload = {
+        "train": train_section(recipe),
+        "evaluation": _dump(recipe, "evaluation"),
+        "code": code_digest(("facefoundry.evaluation.compare_real",)),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def compare_body(run: RunDir, recipe: Recipe) -> dict:
     if recipe.compare is None:
         return {"skipped_reason": "no compare section in the recipe"}
@@ -279,7 +295,7 @@ def compare_body(run: RunDir, recipe: Recipe) -> dict:
         return {"skipped_reason": "no synthetic recognizer to compare"}
     from facefoundry.evaluation.compare_real import compare_with_real
 
-    return compare_with_real(run, recipe)
+    return compare_with_real(run, recipe, real_twin_digest(recipe))
 
 
 def load_run_recipe(run: RunDir) -> Recipe:

@@ -30,6 +30,15 @@ def _lfw_root() -> Path | None:
     return root if (root / "pairs.txt").is_file() and has_images else None
 
 
+@pytest.fixture(autouse=True)
+def private_real_twins(tmp_path, monkeypatch):
+    """Each test's compare stage trains its own real twin: a twin cached in the user's
+    folder by an earlier run would let the stage skip the training it should exercise."""
+    from facefoundry.evaluation import compare_real
+
+    monkeypatch.setattr(compare_real, "twin_cache_root", lambda: tmp_path / "real-twins")
+
+
 @pytest.fixture(scope="session")
 def lfw_root() -> Path:
     root = _lfw_root()

@@ -3,6 +3,7 @@ reports when the generator is bad, and a full chain on real LFW faces."""
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def test_bad_recipe_key_fails_before_any_work(tmp_path, tiny_model):
     assert not (tmp_path / "runs").exists()
 
 
-def test_full_chain_on_real_faces_trains_and_evaluates(tiny_model, tmp_path, lfw):
+def test_full_chain_on_real_faces_trains_and_evaluates(tiny_model, tmp_path, lfw, monkeypatch):
     """Generation swapped for real LFW faces (a stand-in for a good generator): embed ->
     filter -> shards -> train -> evaluate run for real."""
     import pyarrow.parquet as pq
@@ -135,6 +136,28 @@ def test_full_chain_on_real_faces_trains_and_evaluates(tiny_model, tmp_path, lfw
     from facefoundry.flows.report import write_report
 
     assert "Synthetic vs real at equal scale" in write_report(run_dir).read_text()
+
+    # the real twin was kept in the cache; a compare stage that runs again with the same
+    # people, trainer and evaluation restores it instead of training
+    twin = comparison["real_twin"]
+    assert twin["reused"] is False and twin["made_by"] == "tiny"
+    cached = tmp_path / "real-twins" / twin["key"]
+    assert (cached / "twin.json").is_file() and (cached / "train" / "model.onnx").is_file()
+    shutil.rmtree(run_dir / "compare")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the real twin was trained again")
+
+    monkeypatch.setattr("facefoundry.recognition.train.train_recognizer", no_training)
+    again = {r["stage"]: r["skipped"] for r in build(compared, tmp_path / "runs")}
+    assert [s for s, skipped in again.items() if not skipped] == ["compare"]
+    restored = json.loads((run_dir / "compare" / "comparison.json").read_text())
+    assert restored["real_twin"] == {**twin, "reused": True}
+    assert restored["real"] == comparison["real"]
+    assert (run_dir / "compare" / "real" / "train" / "model.onnx").read_bytes() == (
+        cached / "train" / "model.onnx"
+    ).read_bytes()
+    assert "restored from a finished twin" in write_report(run_dir).read_text()
 
 
 def test_killed_build_resumes_without_losing_or_duplicating_samples(tiny_model, tmp_path):
