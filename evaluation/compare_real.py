@@ -148,16 +148,12 @@ def real_twin(
     real: Path,
     recipe,
     lfw_root: Path,
-    settings_digest: str | None,
+    settings_digest: str,
     made_by: str = "",
 ) -> dict:
     """Fill ``real`` with the real twin: restored from the cache when a finished twin
     with the same key is there, else made here and then copied into the cache (under a
-    temporary name, renamed when complete, so a killed copy is never read).
-    ``settings_digest`` None: no cache."""
-    if settings_digest is None:
-        _make_twin(people, real, recipe)
-        return {"key": None, "reused": False}
+    temporary name, renamed when complete, so a killed copy is never read)."""
     key = twin_key(people, settings_digest, lfw_root)
     cached = twin_cache_root() / key
     record = cached / TWIN_RECORD
@@ -180,9 +176,9 @@ def real_twin(
     return {"key": key, "reused": False, "made_by": made_by}
 
 
-def compare_with_real(run, recipe, settings_digest: str | None = None) -> dict:
-    """The compare stage body: train + evaluate the real twin of the run (or restore it;
-    ``settings_digest``: see ``real_twin``), write the comparison."""
+def compare_with_real(run, recipe, settings_digest: str) -> dict:
+    """The compare stage body: train + evaluate the real twin of the run (or restore one
+    cached under ``settings_digest`` and its people), write the comparison."""
     from facefoundry.atomic import write_json_atomic
     from facefoundry.evaluation.lfw import Lfw, read_people
 
