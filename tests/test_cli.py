@@ -329,9 +329,11 @@ def test_grow_attention_needs_a_trained_model_to_grow(tmp_path, capsys):
     [
         (["--grow-depth", "1"], "--grow-depth adds blocks to a trained model"),
         (["--grow-depth", "-1", "--init-from", "."], "--grow-depth is a number of blocks"),
+        (["--grow-width", "1"], "--grow-width widens a trained model"),
+        (["--grow-width", "-1", "--init-from", "."], "--grow-width is a number of doublings"),
     ],
 )
-def test_grow_depth_needs_a_trained_model_and_a_count(tmp_path, capsys, flags, message):
+def test_growing_needs_a_trained_model_and_a_count(tmp_path, capsys, flags, message):
     data = tmp_path / "train.npz"
     data.write_bytes(b"not read: the flags are refused first")
     argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), *flags]

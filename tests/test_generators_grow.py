@@ -1,4 +1,4 @@
-"""Growing a trained model (cross-attention, depth): same predictions, then it trains."""
+"""Growing a trained model (cross-attention, depth, width): same predictions, then it trains."""
 
 import re
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from facefoundry.errors import UsageError
-from facefoundry.generators.idiff_face.grow import grow_attention, grow_depth
+from facefoundry.generators.idiff_face.grow import grow_attention, grow_depth, grow_width
 from facefoundry.generators.idiff_face.model import IDiffFaceModel, count_parameters
 from tests.helpers.generators import tiny_config
 
@@ -98,4 +98,49 @@ def test_new_blocks_receive_gradient_and_the_deeper_model_trains():
     new_down = grown.unet.down_blocks[0].resnets[1].conv2.weight
     new_up = grown.unet.up_blocks[1].resnets[1].conv2.weight
     assert new_down.abs().sum() > 0 and new_up.abs().sum() > 0  # left zero, now learning
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("levels", [(1,), (0, 1)])
+def test_wider_model_predicts_exactly_what_the_old_one_did(levels):
+    torch.manual_seed(0)
+    old = IDiffFaceModel(tiny_config(attention_levels=levels)).eval()
+    wide = grow_width(old).eval()
+    assert wide.config.block_out_channels == (16, 32)
+    assert wide.config.context_dim == 2 * old.config.context_dim
+    assert wide.config.norm_num_groups == old.config.norm_num_groups  # groups hold copies
+    assert count_parameters(wide) > 3.5 * count_parameters(old)
+    sample, timesteps, identity = _inputs(old.config)
+    guided = torch.tensor([True, False, True])  # the learned empty context, widened too
+    with torch.no_grad():
+        torch.testing.assert_close(
+            wide(sample, timesteps, identity), old(sample, timesteps, identity)
+        )
+        torch.testing.assert_close(
+            wide(sample, timesteps, identity, guided), old(sample, timesteps, identity, guided)
+        )
+
+
+def test_widening_is_seeded_and_splits_weights_unevenly():
+    torch.manual_seed(0)
+    old = IDiffFaceModel(tiny_config())
+    first, again, other = grow_width(old, seed=0), grow_width(old, seed=0), grow_width(old, seed=1)
+    key = "unet.down_blocks.0.resnets.0.conv1.weight"
+    assert torch.equal(first.state_dict()[key], again.state_dict()[key])
+    assert not torch.equal(first.state_dict()[key], other.state_dict()[key])
+    conv = first.state_dict()[key]
+    # the two copies of an input channel carry different shares that sum to the old weight
+    assert not torch.allclose(conv[:, 0], conv[:, 1])
+    old_conv = old.state_dict()[key]
+    torch.testing.assert_close((conv[:, 0::2] + conv[:, 1::2])[0::2], old_conv)
+
+
+def test_copied_channels_diverge_and_the_wider_model_trains():
+    torch.manual_seed(0)
+    wide = grow_width(IDiffFaceModel(tiny_config()))
+    before = wide.unet.conv_in.weight.detach().clone()
+    assert torch.equal(before[0], before[1])  # output channel 0's two copies
+    losses = _fit_noise_target(wide)
+    after = wide.unet.conv_in.weight.detach()
+    assert not torch.allclose(after[0], after[1])
     assert losses[-1] < losses[0]

@@ -90,6 +90,12 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--grow-depth is a number of blocks, 0 or more (got {args.grow_depth})")
     if args.grow_depth and not args.init_from:
         raise UsageError("--grow-depth adds blocks to a trained model: give --init-from")
+    if args.grow_width < 0:
+        raise UsageError(
+            f"--grow-width is a number of doublings, 0 or more (got {args.grow_width})"
+        )
+    if args.grow_width and not args.init_from:
+        raise UsageError("--grow-width widens a trained model: give --init-from")
     if args.schedule_to_budget and not args.max_minutes:
         raise UsageError(
             "--schedule-to-budget fits the schedule to a time budget: give --max-minutes"
@@ -133,6 +139,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         grow_attention_levels=tuple(args.grow_attention or ()),
         grow_depth_blocks=args.grow_depth,
+        grow_widths=args.grow_width,
     )
     print(json.dumps({"model": str(model)}))
     return 0
@@ -571,6 +578,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="with --init-from: add this many residual blocks (and attention, where a level "
         "has it) to every down and up block, each started as the identity, so a deeper "
         "model trains from the old model's exact predictions (default: 0)",
+    )
+    train.add_argument(
+        "--grow-width",
+        type=int,
+        default=0,
+        metavar="TIMES",
+        help="with --init-from: double every channel and the identity context this many "
+        "times (each old channel becomes two copies whose outgoing weights split the old "
+        "one), so a wider model trains from the old model's exact predictions (default: 0)",
     )
     train.set_defaults(func=cmd_generator_train)
 

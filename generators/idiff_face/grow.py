@@ -119,3 +119,67 @@ def _start_as_identity(resnet: nn.Module) -> None:
         shortcut.weight[:, :out_channels, 0, 0] = torch.eye(out_channels)
         if shortcut.bias is not None:
             shortcut.bias.zero_()
+
+
+def grow_width(model: IDiffFaceModel, seed: int = 0) -> IDiffFaceModel:
+    """A copy of ``model`` with twice the channels everywhere, predicting what it did.
+
+    Net2WiderNet with every channel duplicated in place (old channel ``i`` becomes ``2i``
+    and ``2i + 1``): a GroupNorm group, a LayerNorm, an up block's concatenated skip and
+    an attention head each hold exactly the duplicates of what they held before, so
+    their statistics are unchanged with the same number of groups and heads. A layer
+    reading duplicated inputs splits each old weight between the two copies at a
+    random share (seeded), which sums to the old weight and lets the copies diverge
+    once training starts. The context tokens double too (capacity in the identity
+    path); the query is scaled by 1/sqrt(2) because the heads' dot products double.
+    """
+    config = model.config
+    wide = IDiffFaceModel(
+        config.model_copy(
+            update={
+                "block_out_channels": tuple(2 * c for c in config.block_out_channels),
+                "attention_head_dim": 2 * config.attention_head_dim,
+                "context_dim": 2 * config.context_dim,
+            }
+        )
+    )
+    generator = torch.Generator().manual_seed(seed)
+    old_state = model.state_dict()
+    state = {}
+    for key, new in wide.state_dict().items():
+        if key not in old_state:
+            raise RuntimeError(f"widening made a weight the old model lacks: {key}")
+        old = old_state[key]
+        if key == "unet.time_embedding.linear_1.weight":
+            state[key] = _widen_sinusoid_input(old, new.shape)
+            continue
+        value = old
+        for dim, (before, after) in enumerate(zip(old.shape, new.shape, strict=True)):
+            if after == before:
+                continue
+            if after != 2 * before:
+                raise RuntimeError(f"{key}: {tuple(old.shape)} -> {tuple(new.shape)}")
+            value = value.repeat_interleave(2, dim=dim)
+            if dim == 1 and key != "conditioner.empty_context":  # a layer reading copies
+                share = torch.rand(value.shape, generator=generator) * 0.5 + 0.25
+                first = share.narrow(1, 0, share.shape[1]).clone()
+                first[:, 1::2] = 1 - share[:, 0::2]
+                value = value * first
+        if key.endswith("to_q.weight") or key.endswith("to_q.bias"):
+            value = value / 2**0.5
+        state[key] = value
+    wide.load_state_dict(state)
+    return wide
+
+
+def _widen_sinusoid_input(old: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The time embedding's first layer: a 2C-channel sinusoid holds the C-channel one's
+    frequencies at its even indices (cos half, then sin half), so the old columns go
+    there and the new frequencies start at zero."""
+    outputs, inputs = shape
+    half_old, half_new = old.shape[1] // 2, inputs // 2
+    value = torch.zeros(outputs, inputs, dtype=old.dtype)
+    rows = old.repeat_interleave(outputs // old.shape[0], dim=0)
+    value[:, 0:half_new:2] = rows[:, :half_old]
+    value[:, half_new::2] = rows[:, half_old:]
+    return value

@@ -25,7 +25,7 @@ from facefoundry.generators.denoise import predicted_x0
 from facefoundry.generators.identities import PRIOR_FILE, save_identity_prior
 from facefoundry.generators.idiff_face import identity_loss as id_loss
 from facefoundry.generators.idiff_face.config import IDiffFaceConfig
-from facefoundry.generators.idiff_face.grow import grow_attention, grow_depth
+from facefoundry.generators.idiff_face.grow import grow_attention, grow_depth, grow_width
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
 from facefoundry.generators.seeds import sample_seed
@@ -652,6 +652,7 @@ def train_idiff_face(
     init_from: str | Path | None = None,
     grow_attention_levels: tuple[int, ...] = (),
     grow_depth_blocks: int = 0,
+    grow_widths: int = 0,
 ) -> Path:
     """Train (or resume) on a training-set file; returns the exported model folder.
 
@@ -659,7 +660,8 @@ def train_idiff_face(
     from those weights when there is no checkpoint to resume: training can continue
     on another machine from what is in the repository; ``grow_attention_levels`` adds
     identity cross-attention at those levels to it first (``grow.grow_attention``), and
-    ``grow_depth_blocks`` that many residual blocks per level (``grow.grow_depth``).
+    ``grow_depth_blocks`` that many residual blocks per level (``grow.grow_depth``),
+    then doubles every channel ``grow_widths`` times (``grow.grow_width``).
     """
     data = FaceTrainingSet.load(data_path)
     settings = settings or TrainSettings()
@@ -674,6 +676,8 @@ def train_idiff_face(
             initial = grow_attention(initial, grow_attention_levels)
         for _ in range(grow_depth_blocks):
             initial = grow_depth(initial)
+        for _ in range(grow_widths):
+            initial = grow_width(initial, seed=settings.seed)
         config = initial.config
     config = config or IDiffFaceConfig()
     if not config.conditioning_checksum:
