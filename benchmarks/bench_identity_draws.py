@@ -15,9 +15,15 @@ realisation map predicts apart (``identities.select: predicted``); ``--seed`` pi
 the draw (recipe seed). ``--map FILE`` (repeatable) compares realisation maps at each
 pool > 1 (default: the model folder's own).
 
+``--conditions FILE.npz`` (a `generator prepare-lfw` set) conditions on real people
+instead of the prior: one photo's embedding per person, people chosen as the real
+reference chooses them. On DevTrain (the people the model was trained on) against
+DevTest (people it never saw) this tells whether the model lacks the capacity to draw
+even the identities it was shown, or draws those and fails only on new ones.
+
 Usage: python benchmarks/bench_identity_draws.py [--spread 1 --spread 1.5 ...]
     [--pool 1 --pool 4] [--map FILE ...] [--seed 0] [--sampling dpmsolver++:8:3] [--identities 100]
-    [--per-identity 4] [--model DIR]
+    [--per-identity 4] [--model DIR] [--conditions data/lfw-devtest-sface-64.npz]
 Last line: one JSON object; ``rows`` has one entry per spread (or pool), the top-level
 keys describe the best row by identities kept (ties: higher judge gap).
 """
@@ -56,6 +62,18 @@ def main() -> None:
         help="real reference: DevTrain people with at least this many photos (430 have 4, "
         "1,184 have 2: use 2 for --identities above 430)",
     )
+    parser.add_argument(
+        "--conditions",
+        default=None,
+        help="a prepare-lfw .npz: condition on one photo of each of its people, not the prior",
+    )
+    parser.add_argument(
+        "--conditions-min-photos",
+        type=int,
+        default=None,
+        help="--conditions people with at least this many photos (default --real-min-photos, "
+        "so on DevTrain they are the real reference's people)",
+    )
     parser.add_argument("--name", default="bench_identity_draws", help="results file stem")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,8 +111,13 @@ def main() -> None:
             select="predicted" if pool > 1 else "drawn",
             pool=max(pool, 1.0),
         )
-        table = draw_identities(draw, args.seed, replace(space, realisation=realisation))
-        name = f"spread{spread:g}" + (f"pool{pool:g}" if pool > 1 else "")
+        if args.conditions:
+            least = args.conditions_min_photos or args.real_min_photos
+            table = people_conditions(args.conditions, args.identities, least)
+            name = Path(args.conditions).stem
+        else:
+            table = draw_identities(draw, args.seed, replace(space, realisation=realisation))
+            name = f"spread{spread:g}" + (f"pool{pool:g}" if pool > 1 else "")
         if len(maps) > 1 and realisation:
             name += f"-{Path(realisation).stem}"
         variant = Variant.parse(f"{name}={args.model},{args.sampling}", args.model)
@@ -115,6 +138,7 @@ def main() -> None:
         "judge": "dlib",
         "best_spread": best["spread"],
         "best_pool": best["pool"],
+        "conditions": args.conditions or "fitted prior",
         "seed": args.seed,
         **{k: best.get(k) for k in SHOWN},
         "real_min_photos": args.real_min_photos,
@@ -127,6 +151,27 @@ def main() -> None:
     }
     save_results(args.name, figures)
     finish(figures)
+
+
+def people_conditions(path: str, people: int, min_photos: int, seed: int = 0):
+    """``people`` real people's conditions, one photo each (its first), chosen with
+    ``min_photos`` or more photos by the draw ``real_faces`` makes (same seed)."""
+    import numpy as np
+
+    from facefoundry.generators.identities import IdentityTable
+    from facefoundry.generators.training_data import FaceTrainingSet
+
+    data = FaceTrainingSet.load(path)
+    labels = np.asarray(data.labels)
+    eligible = np.flatnonzero(np.bincount(labels) >= min_photos)
+    if len(eligible) < people:
+        raise SystemExit(f"{path}: {len(eligible)} people have {min_photos}+ photos, not {people}")
+    chosen = np.random.default_rng(seed).choice(eligible, size=people, replace=False)
+    first = np.array([np.flatnonzero(labels == person)[0] for person in chosen])
+    vectors = data.embeddings[first].astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(people)
+    return IdentityTable(ids=ids, embeddings=vectors, seeds=ids, method="people")
 
 
 if __name__ == "__main__":
