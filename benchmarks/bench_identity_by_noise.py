@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_identity_draws import people_conditions
+from bench_identity_draws import first_photos, people_conditions
 from bench_sampling import SHOWN, real_faces
 from common import REPO, finish, machine, save_results
 
@@ -78,14 +78,11 @@ def main() -> None:
     real, labels = real_faces(args.people, args.per_identity, size, min_images=2)
     reference = quality_report(real, labels)
     print("real:", {k: reference.get(k) for k in SHOWN}, flush=True)
-    table = people_conditions(args.data, args.people, 2)  # the same people, first photo
     data = FaceTrainingSet.load(args.data)
-    chosen = np.unique(labels)  # real_faces' people, sorted; match the table's order
-    order = np.random.default_rng(0).choice(
-        np.flatnonzero(np.bincount(np.asarray(data.labels)) >= 2), size=args.people, replace=False
-    )
-    assert set(order.tolist()) == set(chosen.tolist())
-    first = np.array([np.flatnonzero(np.asarray(data.labels) == p)[0] for p in order])
+    first = first_photos(data, args.people, 2)  # the reference's people, first photo each
+    if set(np.asarray(data.labels)[first].tolist()) != set(labels.tolist()):
+        raise SystemExit("the conditions' people are not the real reference's people")
+    table = people_conditions(data, first)
     faces = torch.from_numpy(data.faces[first]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     faces = F.interpolate(
         faces, size=(size, size), mode="bilinear", antialias=True, align_corners=False

@@ -82,6 +82,7 @@ def main() -> None:
     from facefoundry.generators.idiff_face.generate import identity_space
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
     from facefoundry.generators.settings import IdentitySettings
+    from facefoundry.generators.training_data import FaceTrainingSet
 
     spreads = args.spread or ([1.0] if args.pool else [1.0, 1.5, 2.0])
     config = IDiffFaceModel.from_pretrained(args.model).config
@@ -113,7 +114,8 @@ def main() -> None:
         )
         if args.conditions:
             least = args.conditions_min_photos or args.real_min_photos
-            table = people_conditions(args.conditions, args.identities, least)
+            people = FaceTrainingSet.load(args.conditions)
+            table = people_conditions(people, first_photos(people, args.identities, least))
             name = Path(args.conditions).stem
         else:
             table = draw_identities(draw, args.seed, replace(space, realisation=realisation))
@@ -153,24 +155,28 @@ def main() -> None:
     finish(figures)
 
 
-def people_conditions(path: str, people: int, min_photos: int, seed: int = 0):
-    """``people`` real people's conditions, one photo each (its first), chosen with
-    ``min_photos`` or more photos by the draw ``real_faces`` makes (same seed)."""
+def first_photos(data, people: int, min_photos: int, seed: int = 0):
+    """Row of the first photo of each of ``people`` people with ``min_photos`` or more
+    photos, chosen by the draw ``real_faces`` makes (same seed, so the same people)."""
     import numpy as np
 
-    from facefoundry.generators.identities import IdentityTable
-    from facefoundry.generators.training_data import FaceTrainingSet
-
-    data = FaceTrainingSet.load(path)
     labels = np.asarray(data.labels)
     eligible = np.flatnonzero(np.bincount(labels) >= min_photos)
     if len(eligible) < people:
-        raise SystemExit(f"{path}: {len(eligible)} people have {min_photos}+ photos, not {people}")
+        raise SystemExit(f"{len(eligible)} people have {min_photos}+ photos, not {people}")
     chosen = np.random.default_rng(seed).choice(eligible, size=people, replace=False)
-    first = np.array([np.flatnonzero(labels == person)[0] for person in chosen])
-    vectors = data.embeddings[first].astype(np.float32)
+    return np.array([np.flatnonzero(labels == person)[0] for person in chosen])
+
+
+def people_conditions(data, rows):
+    """The identity table of those photos' embeddings (identity ``i`` = ``rows[i]``)."""
+    import numpy as np
+
+    from facefoundry.generators.identities import IdentityTable
+
+    vectors = data.embeddings[rows].astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = np.arange(people)
+    ids = np.arange(len(rows))
     return IdentityTable(ids=ids, embeddings=vectors, seeds=ids, method="people")
 
 
