@@ -9,6 +9,7 @@ from facefoundry.evaluation.variety import (
     illumination_features,
     pixel_diversity,
     pose_proxies,
+    radial_power,
     reference_variety,
     shrink_to,
     spread_ratio,
@@ -233,3 +234,27 @@ def test_detect_landmarks_finds_a_frontal_lfw_face_and_nothing_in_a_blank(lfw):
     assert abs(pose[0, ROLL]) < 10.0  # deep-funneled, frontal
     assert abs(pose[0, YAW]) < 0.3
     assert np.isnan(pose[1]).all()
+
+
+def test_radial_power_puts_a_stripe_pattern_at_its_frequency():
+    """Vertical stripes of 5 cycles per image: the power sits at radius 5."""
+    x = np.arange(32)
+    stripes = 128 + 60 * np.cos(2 * np.pi * 5 * x / 32)
+    image = np.repeat(np.tile(stripes, (32, 1))[:, :, None], 3, axis=2).astype(np.uint8)
+    power = radial_power(image[None])
+    assert power.shape == (17,)
+    assert int(np.argmax(power)) == 5
+    assert power[5] > 100 * np.delete(power, 5).max()
+
+
+def test_radial_power_ratio_falls_at_fine_scales_when_blurred():
+    """Blurring a set lowers its power at the finest scales, not at the coarse ones."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    blurred = np.stack([cv2.GaussianBlur(image, (0, 0), 1.0) for image in sharp])
+    ratio = radial_power(blurred)[1:] / radial_power(sharp)[1:]  # radius 0: the mean, removed
+    assert radial_power(sharp)[0] == pytest.approx(0.0, abs=1e-6)
+    assert ratio[0] > 0.8
+    assert ratio[11:].max() < 0.2
