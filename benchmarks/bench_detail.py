@@ -50,11 +50,12 @@ def blurred_at(images: np.ndarray, size: int, sigma: float) -> np.ndarray:
     return out
 
 
-def power_ratio(images: np.ndarray, reference: np.ndarray, size: int) -> np.ndarray:
-    """Radial power of ``images`` over ``reference``'s, radii 1 .. size // 2."""
+def power_ratio(images: np.ndarray, reference_power: np.ndarray, size: int) -> np.ndarray:
+    """Radial power of ``images`` over the reference's (``radial_power``), radii 1 ..
+    size // 2."""
     from facefoundry.evaluation.variety import radial_power
 
-    return radial_power(images, size)[1:] / radial_power(reference, size)[1:]
+    return radial_power(images, size)[1:] / reference_power[1:]
 
 
 def main() -> None:
@@ -74,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from facefoundry.evaluation.generator_quality import quality_report
+    from facefoundry.evaluation.variety import radial_power
     from facefoundry.generators.identities import draw_identities
     from facefoundry.generators.idiff_face.generate import identity_space
     from facefoundry.generators.settings import IdentitySettings
@@ -89,13 +91,14 @@ def main() -> None:
         identity_space(None, args.model),
     )
     generated, _, _ = draw(pipe, variant, table, args.per_identity)
-    generated_ratio = power_ratio(generated, real, size)
+    real_power = radial_power(real, size)
+    generated_ratio = power_ratio(generated, real_power, size)
     print("generated / real power, radius 1..:", np.round(generated_ratio, 3).tolist(), flush=True)
     rows = []
     for sigma in [0.0, *args.blur]:
         faces = blurred_at(real, size, sigma) if sigma else real
         report = quality_report(faces, labels)
-        ratio = power_ratio(faces, real, size)
+        ratio = power_ratio(faces, real_power, size)
         row = {"blur_sigma_px": sigma, "fine_power_ratio": float(ratio[FINE].mean())}
         row.update({k: report.get(k) for k in SHOWN})
         row["power_ratio"] = np.round(ratio, 3).tolist()

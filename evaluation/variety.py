@@ -133,14 +133,19 @@ def _group_index(groups: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     return inverse, int(inverse.max()) + 1 if n else 0
 
 
-def _thumbnails(images: np.ndarray, size: int = PIXEL_SIZE) -> np.ndarray:
-    """Grey size x size thumbnails, each standardised to mean 0 and std 1 (N x size²)."""
+def _grey_small(image: np.ndarray, size: int) -> np.ndarray:
+    """One RGB image as grey ``size`` x ``size`` float64 (INTER_AREA)."""
     import cv2
 
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).astype(np.float64)
+
+
+def _thumbnails(images: np.ndarray, size: int = PIXEL_SIZE) -> np.ndarray:
+    """Grey size x size thumbnails, each standardised to mean 0 and std 1 (N x size²)."""
     out = np.empty((len(images), size * size), dtype=np.float64)
     for row, image in enumerate(images):
-        grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        small = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).astype(np.float64)
+        small = _grey_small(image, size)
         small -= small.mean()
         std = small.std()
         out[row] = (small / std if std > 0 else small).reshape(-1)  # flat image: all zeros
@@ -266,13 +271,10 @@ def radial_power(images: np.ndarray, size: int = PIXEL_SIZE) -> np.ndarray:
     whether the fine scales hold as much contrast as real faces do: 1 = as much, below 1
     = blurrier. Each image's mean is removed first, so brightness does not count (the
     power at radius 0 is 0)."""
-    import cv2
-
     images = _as_images(images)
     power = np.zeros((size, size))
     for image in images:
-        grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        small = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).astype(np.float64)
+        small = _grey_small(image, size)
         power += np.abs(np.fft.fft2(small - small.mean())) ** 2
     frequencies = np.fft.fftfreq(size) * size
     radius = np.rint(np.hypot(*np.meshgrid(frequencies, frequencies))).astype(int)
