@@ -342,6 +342,15 @@ def test_growing_needs_a_trained_model_and_a_count(tmp_path, capsys, flags, mess
     assert not (tmp_path / "o").exists()
 
 
+def test_min_snr_gamma_refuses_a_negative_value(tmp_path, capsys):
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"not read: the flags are refused first")
+    argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), "--min-snr-gamma", "-1"]
+    assert main(argv) == 2
+    assert "--min-snr-gamma is 0 (off) or more" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
 def test_schedule_to_budget_needs_a_budget(tmp_path, capsys):
     data = tmp_path / "train.npz"
     data.write_bytes(b"not read: the flags are refused first")

@@ -423,6 +423,25 @@ def test_identity_weight_zero_leaves_the_denoising_loss_exactly_unchanged(tmp_pa
     assert torch.allclose(terms["loss"], expected + 0.5 * terms["identity"])
 
 
+def test_min_snr_weights_cap_the_low_noise_levels_and_switch_off():
+    """v-prediction's min-SNR weight is min(SNR, gamma) / (SNR + 1): 1 down to SNR = gamma,
+    falling as gamma / (SNR + 1) below that noise; None is the plain loss (all ones)."""
+    from facefoundry.generators.idiff_face.config import IDiffFaceConfig
+    from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
+
+    scheduler = training_scheduler(IDiffFaceConfig())
+    timesteps = torch.tensor([10, 100, 250, 500, 900])
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    assert torch.equal(min_snr_weights(scheduler, timesteps, None), torch.ones(5))
+    five = min_snr_weights(scheduler, timesteps, 5.0)
+    twenty = min_snr_weights(scheduler, timesteps, 20.0)
+    assert torch.allclose(five, torch.clamp(snr, max=5.0) / (snr + 1))
+    assert five[0] < 0.01 and five[-1] == pytest.approx(float(snr[-1] / (snr[-1] + 1)))
+    assert bool((twenty >= five).all()) and twenty[1] > 3 * five[1]  # t = 100: SNR ~ 35
+    assert torch.equal(twenty[3:], five[3:])  # above t = 500 the SNR is under 5 for both
+
+
 def test_identity_term_decreases_with_training_and_logs(tmp_path):
     trainer = _identity_trainer(tmp_path, 1.0, log_every=5)
     batch = _fixed_low_noise_batch(trainer)

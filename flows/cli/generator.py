@@ -96,6 +96,8 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         )
     if args.grow_width and not args.init_from:
         raise UsageError("--grow-width widens a trained model: give --init-from")
+    if args.min_snr_gamma < 0:
+        raise UsageError(f"--min-snr-gamma is 0 (off) or more (got {args.min_snr_gamma})")
     if args.schedule_to_budget and not args.max_minutes:
         raise UsageError(
             "--schedule-to-budget fits the schedule to a time budget: give --max-minutes"
@@ -115,6 +117,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
         warmup_steps=args.warmup_steps,
+        min_snr_gamma=args.min_snr_gamma or None,
         identity_weight=args.identity_weight,
         identity_contrast_weight=args.identity_contrast_weight,
         identity_contrast_scale=args.identity_contrast_scale,
@@ -468,6 +471,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--warmup-steps", type=int, default=200, help="linear lr warm-up")
+    train.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=5.0,
+        help="min-SNR-gamma weighting of the denoising loss (default 5: noise levels with "
+        "SNR above gamma count less; 0 = off, the plain v/epsilon loss)",
+    )
     train.add_argument(
         "--identity-weight",
         type=float,
