@@ -424,8 +424,8 @@ def test_identity_weight_zero_leaves_the_denoising_loss_exactly_unchanged(tmp_pa
 
 
 def test_min_snr_weights_cap_the_low_noise_levels_and_switch_off():
-    """v-prediction's min-SNR weight is min(SNR, gamma) / (SNR + 1): 1 down to SNR = gamma,
-    falling as gamma / (SNR + 1) below that noise; None is the plain loss (all ones)."""
+    """v-prediction's min-SNR weight is min(SNR, gamma) / (SNR + 1): SNR / (SNR + 1) at
+    high noise (SNR <= gamma), gamma / (SNR + 1) at low noise; None is the plain loss."""
     from facefoundry.generators.idiff_face.config import IDiffFaceConfig
     from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
 
