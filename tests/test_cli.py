@@ -315,46 +315,24 @@ def test_run_without_lfw_stops_before_any_stage(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_grow_attention_needs_a_trained_model_to_grow(tmp_path, capsys):
-    data = tmp_path / "train.npz"
-    data.write_bytes(b"not read: the flags are refused first")
-    argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), "--grow-attention", "1"]
-    assert main(argv) == 2
-    assert "--grow-attention adds attention to a trained model" in one_error_line(capsys)
-    assert not (tmp_path / "o").exists()
-
-
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
+        (["--grow-attention", "1"], "--grow-attention adds attention to a trained model"),
         (["--grow-depth", "1"], "--grow-depth adds blocks to a trained model"),
         (["--grow-depth", "-1", "--init-from", "."], "--grow-depth is a number of blocks"),
         (["--grow-width", "1"], "--grow-width widens a trained model"),
         (["--grow-width", "-1", "--init-from", "."], "--grow-width is a number of doublings"),
+        (["--min-snr-gamma", "-1"], "--min-snr-gamma is 0 (off) or more"),
+        (["--schedule-to-budget"], "--schedule-to-budget fits the schedule to a time budget"),
     ],
 )
-def test_growing_needs_a_trained_model_and_a_count(tmp_path, capsys, flags, message):
+def test_train_refuses_inconsistent_flags_before_reading_or_writing(
+    tmp_path, capsys, flags, message
+):
     data = tmp_path / "train.npz"
     data.write_bytes(b"not read: the flags are refused first")
     argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), *flags]
     assert main(argv) == 2
     assert message in one_error_line(capsys)
-    assert not (tmp_path / "o").exists()
-
-
-def test_min_snr_gamma_refuses_a_negative_value(tmp_path, capsys):
-    data = tmp_path / "train.npz"
-    data.write_bytes(b"not read: the flags are refused first")
-    argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), "--min-snr-gamma", "-1"]
-    assert main(argv) == 2
-    assert "--min-snr-gamma is 0 (off) or more" in one_error_line(capsys)
-    assert not (tmp_path / "o").exists()
-
-
-def test_schedule_to_budget_needs_a_budget(tmp_path, capsys):
-    data = tmp_path / "train.npz"
-    data.write_bytes(b"not read: the flags are refused first")
-    argv = ["generator", "train", str(data), "--out", str(tmp_path / "o"), "--schedule-to-budget"]
-    assert main(argv) == 2
-    assert "--schedule-to-budget fits the schedule to a time budget" in one_error_line(capsys)
     assert not (tmp_path / "o").exists()
