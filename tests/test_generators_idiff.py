@@ -425,7 +425,7 @@ def test_identity_weight_zero_leaves_the_denoising_loss_exactly_unchanged(tmp_pa
 
 def test_min_snr_weights_cap_the_low_noise_levels_and_switch_off():
     """v-prediction's min-SNR weight is min(SNR, gamma) / (SNR + 1): SNR / (SNR + 1) at
-    high noise (SNR <= gamma), gamma / (SNR + 1) at low noise; None is the plain loss."""
+    high noise (SNR <= gamma), gamma / (SNR + 1) at low noise; None or 0 is the plain loss."""
     from facefoundry.generators.idiff_face.config import IDiffFaceConfig
     from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
 
@@ -434,6 +434,9 @@ def test_min_snr_weights_cap_the_low_noise_levels_and_switch_off():
     alphas = scheduler.alphas_cumprod[timesteps]
     snr = alphas / (1 - alphas)
     assert torch.equal(min_snr_weights(scheduler, timesteps, None), torch.ones(5))
+    assert torch.equal(min_snr_weights(scheduler, timesteps, 0.0), torch.ones(5))
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        min_snr_weights(scheduler, timesteps, -1.0)
     five = min_snr_weights(scheduler, timesteps, 5.0)
     twenty = min_snr_weights(scheduler, timesteps, 20.0)
     assert torch.allclose(five, torch.clamp(snr, max=5.0) / (snr + 1))

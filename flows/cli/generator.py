@@ -117,7 +117,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
         warmup_steps=args.warmup_steps,
-        min_snr_gamma=args.min_snr_gamma or None,
+        min_snr_gamma=args.min_snr_gamma,
         identity_weight=args.identity_weight,
         identity_contrast_weight=args.identity_contrast_weight,
         identity_contrast_scale=args.identity_contrast_scale,

@@ -48,8 +48,10 @@ def min_snr_weights(
     scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None
 ) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction type;
-    ones when ``gamma`` is None."""
-    if gamma is None:
+    ones (the plain loss) when ``gamma`` is None or 0, where a cap of 0 would zero it."""
+    if gamma is not None and gamma < 0:
+        raise ValueError(f"min_snr_gamma is None or 0 (off) or more, not {gamma}")
+    if not gamma:
         return torch.ones(len(timesteps))
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1.0 - alphas)
