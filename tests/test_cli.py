@@ -324,6 +324,7 @@ def test_run_without_lfw_stops_before_any_stage(tmp_path, monkeypatch, capsys):
         (["--grow-width", "1"], "--grow-width widens a trained model"),
         (["--grow-width", "-1", "--init-from", "."], "--grow-width is a number of doublings"),
         (["--min-snr-gamma", "-1"], "--min-snr-gamma is 0 (off) or more"),
+        (["--cpd-p", "1"], "--cpd-p is a dropout rate in [0, 1)"),
         (["--schedule-to-budget"], "--schedule-to-budget fits the schedule to a time budget"),
     ],
 )

@@ -120,6 +120,33 @@ def test_resuming_with_other_settings_names_what_changed(tmp_path, caplog):
     assert f"learning_rate {settings.learning_rate!r} -> 0.002" in caplog.text
 
 
+def test_a_trained_model_continues_at_another_cpd_rate(tmp_path, caplog):
+    """--cpd-p changes no weight: a trained model or a checkpoint continues at the new rate."""
+    from pydantic import ValidationError
+
+    from facefoundry.generators.idiff_face.model import read_config
+    from facefoundry.generators.idiff_face.train import train_idiff_face
+
+    data = tiny_data().save(tmp_path / "tiny.npz")
+    settings = TrainSettings(steps=1, batch_size=4, warmup_steps=1, checkpoint_every=1000)
+    base = train_idiff_face(data, tmp_path / "base", tiny_config(), settings, progress=False)
+    assert read_config(base).cpd_p == 0.25
+    run = tmp_path / "off"
+    off = train_idiff_face(data, run, None, settings, progress=False, init_from=base, cpd_p=0.0)
+    assert read_config(off).cpd_p == 0.0
+    assert not IDiffFaceModel.from_pretrained(off).train().conditioner.config.cpd_p
+    more = settings.model_copy(update={"steps": 2})
+    assert read_config(train_idiff_face(data, run, None, more, progress=False)).cpd_p == 0.0
+    with caplog.at_level(logging.WARNING):
+        again = settings.model_copy(update={"steps": 3})
+        resumed = train_idiff_face(data, run, None, again, progress=False, cpd_p=0.5)
+    assert read_config(resumed).cpd_p == 0.5
+    assert "Contextual Partial Dropout 0.5 instead of 0.0" in caplog.text
+    with pytest.raises(ValidationError):
+        train_idiff_face(data, tmp_path / "bad", tiny_config(), settings, cpd_p=1.0)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_checkpoints_and_model_folders_are_safetensors(tmp_path):
     settings = TrainSettings(steps=2, batch_size=4, checkpoint_every=1000)
     trainer = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)

@@ -98,6 +98,8 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         raise UsageError("--grow-width widens a trained model: give --init-from")
     if args.min_snr_gamma < 0:
         raise UsageError(f"--min-snr-gamma is 0 (off) or more (got {args.min_snr_gamma})")
+    if args.cpd_p is not None and not 0 <= args.cpd_p < 1:
+        raise UsageError(f"--cpd-p is a dropout rate in [0, 1) (got {args.cpd_p})")
     if args.schedule_to_budget and not args.max_minutes:
         raise UsageError(
             "--schedule-to-budget fits the schedule to a time budget: give --max-minutes"
@@ -143,6 +145,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
         grow_attention_levels=tuple(args.grow_attention or ()),
         grow_depth_blocks=args.grow_depth,
         grow_widths=args.grow_width,
+        cpd_p=args.cpd_p,
     )
     print(json.dumps({"model": str(model)}))
     return 0
@@ -477,6 +480,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=5.0,
         help="min-SNR-gamma weighting of the denoising loss (default 5: noise levels with "
         "SNR above gamma count less; 0 = off, the plain v/epsilon loss)",
+    )
+    train.add_argument(
+        "--cpd-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="Contextual Partial Dropout rate: the share of the identity context's elements "
+        "zeroed in training (default: the model's own, 0.25 for a new model; 0 = off)",
     )
     train.add_argument(
         "--identity-weight",

@@ -653,6 +653,7 @@ def train_idiff_face(
     grow_attention_levels: tuple[int, ...] = (),
     grow_depth_blocks: int = 0,
     grow_widths: int = 0,
+    cpd_p: float | None = None,
 ) -> Path:
     """Train (or resume) on a training-set file; returns the exported model folder.
 
@@ -661,7 +662,9 @@ def train_idiff_face(
     on another machine from what is in the repository; ``grow_attention_levels`` adds
     identity cross-attention at those levels to it first (``grow.grow_attention``), and
     ``grow_depth_blocks`` that many residual blocks per level (``grow.grow_depth``),
-    then doubles every channel ``grow_widths`` times (``grow.grow_width``).
+    then doubles every channel ``grow_widths`` times (``grow.grow_width``). ``cpd_p``
+    sets the Contextual Partial Dropout rate (None: the model's own); it changes no
+    weight, so a trained model or a checkpoint can continue at another rate.
     """
     data = FaceTrainingSet.load(data_path)
     settings = settings or TrainSettings()
@@ -680,6 +683,15 @@ def train_idiff_face(
             initial = grow_width(initial, seed=settings.seed)
         config = initial.config
     config = config or IDiffFaceConfig()
+    if cpd_p is not None and cpd_p != config.cpd_p:
+        if checkpoint is not None:
+            logger.warning(
+                "resuming %s with Contextual Partial Dropout %s instead of %s",
+                out_dir / "checkpoint",
+                cpd_p,
+                config.cpd_p,
+            )
+        config = config.model_copy(update={"cpd_p": IDiffFaceConfig(cpd_p=cpd_p).cpd_p})
     if not config.conditioning_checksum:
         config = config.model_copy(
             update={
