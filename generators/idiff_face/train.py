@@ -691,7 +691,7 @@ def train_idiff_face(
                 cpd_p,
                 config.cpd_p,
             )
-        config = config.model_copy(update={"cpd_p": IDiffFaceConfig(cpd_p=cpd_p).cpd_p})
+        config = IDiffFaceConfig.model_validate({**config.model_dump(), "cpd_p": cpd_p})
     if not config.conditioning_checksum:
         config = config.model_copy(
             update={
