@@ -323,6 +323,7 @@ def test_run_without_lfw_stops_before_any_stage(tmp_path, monkeypatch, capsys):
         (["--grow-depth", "-1", "--init-from", "."], "--grow-depth is a number of blocks"),
         (["--grow-width", "1"], "--grow-width widens a trained model"),
         (["--grow-width", "-1", "--init-from", "."], "--grow-width is a number of doublings"),
+        (["--grow-modulation"], "--grow-modulation converts a trained model"),
         (["--min-snr-gamma", "-1"], "--min-snr-gamma is 0 (off) or more"),
         (["--cpd-p", "1"], "--cpd-p is a dropout rate in [0, 1)"),
         (["--schedule-to-budget"], "--schedule-to-budget fits the schedule to a time budget"),

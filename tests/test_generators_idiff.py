@@ -147,6 +147,26 @@ def test_a_trained_model_continues_at_another_cpd_rate(tmp_path, caplog):
     assert not (tmp_path / "bad").exists()
 
 
+def test_training_grows_modulation_once_and_resumes_the_grown_model(tmp_path):
+    """--grow-modulation converts the starting weights (fitted on the training set's own
+    faces); a resumed run continues the converted checkpoint instead of converting again."""
+    from facefoundry.generators.idiff_face.model import read_config
+    from facefoundry.generators.idiff_face.train import train_idiff_face
+
+    data = tiny_data().save(tmp_path / "tiny.npz")
+    settings = TrainSettings(steps=1, batch_size=4, warmup_steps=1, checkpoint_every=1)
+    base = train_idiff_face(data, tmp_path / "base", tiny_config(), settings, progress=False)
+    run = tmp_path / "modulated"
+    grown = train_idiff_face(
+        data, run, None, settings, progress=False, init_from=base, grow_modulated=True
+    )
+    assert read_config(grown).time_scale_shift and not read_config(base).time_scale_shift
+    more = settings.model_copy(update={"steps": 2})
+    resumed = train_idiff_face(data, run, None, more, progress=False)
+    assert read_config(resumed).time_scale_shift
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
+
+
 def test_checkpoints_and_model_folders_are_safetensors(tmp_path):
     settings = TrainSettings(steps=2, batch_size=4, checkpoint_every=1000)
     trainer = Trainer(IDiffFaceModel(tiny_config()), tiny_data(), settings, tmp_path)

@@ -30,6 +30,10 @@ class IDiffFaceConfig(BaseModel):
     context_dim: int = 64
     cpd_p: float = Field(0.25, ge=0.0, lt=1.0, description="Contextual Partial Dropout rate")
     id_in_time_embedding: bool = True  # also add the projected identity to the timestep embedding
+    # True: every residual block scales and shifts its normalised features by the
+    # time(+identity) embedding (ADM's adaptive group norm) instead of adding a bias
+    # before the norm, so identity modulates every resolution, the finest included
+    time_scale_shift: bool = False
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "squaredcos_cap_v2", "scaled_linear"] = "squaredcos_cap_v2"
     beta_start: float = 1e-4

@@ -8,7 +8,10 @@ them, and the grown model predicts exactly what the old one did.
 
 Growing depth (``grow_depth``) adds one residual block (and its attention, where the
 level has one) to every down and up block, started as the identity, so capacity can
-grow from the trained weights instead of from scratch (Net2DeeperNet's idea).
+grow from the trained weights instead of from scratch (Net2DeeperNet's idea); growing
+width (``grow_width``) duplicates every channel (Net2WiderNet's). ``grow_modulation``
+changes how the embedding enters each residual block (a scale and shift after the norm
+instead of a bias before it); it cannot be exact, so it is fitted on a batch.
 """
 
 from __future__ import annotations
@@ -183,3 +186,89 @@ def _widen_sinusoid_input(old: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     value[:, 0:half_new:2] = rows[:, :half_old]
     value[:, half_new::2] = rows[:, half_old:]
     return value
+
+
+def grow_modulation(
+    model: IDiffFaceModel, noisy: torch.Tensor, timesteps: torch.Tensor, identity: torch.Tensor
+) -> IDiffFaceModel:
+    """A copy of ``model`` whose residual blocks scale and shift their normalised features
+    by the time(+identity) embedding (ADM's adaptive group norm) instead of adding it as
+    a bias before the norm: identity then modulates every resolution, 32 x 32 included.
+
+    Not exact (a bias before a group norm is divided by each sample's deviation), so the
+    new projection is fitted by least squares on a calibration batch (noisy inputs at
+    their timesteps and conditions): per group, GN(h + b) = gamma (h - m) / s' + gamma
+    (b - mean b) / s' + beta equals GN(h) (1 + scale) + shift for scale = s / s' - 1 and
+    shift = gamma (b - mean b) / s' - beta x scale, each regressed on the embedding.
+    """
+    config = model.config
+    if config.time_scale_shift:
+        raise UsageError("this model's residual blocks already scale and shift (time_scale_shift)")
+    grown = IDiffFaceModel(config.model_copy(update={"time_scale_shift": True}))
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, seen in _norm_statistics(model, noisy, timesteps, identity).items():
+            norm = model.unet.get_submodule(name).norm2
+            width = seen["bias"].shape[1] // norm.num_groups
+            grouped = seen["bias"].reshape(len(noisy), norm.num_groups, width)
+            centred = (grouped - grouped.mean(-1, keepdim=True)).reshape(seen["bias"].shape)
+            scale = (seen["plain"] / seen["biased"] - 1).repeat_interleave(width, dim=1)
+            divisor = seen["biased"].repeat_interleave(width, dim=1)
+            shift = norm.weight * centred / divisor - norm.bias * scale
+            weight, bias = _least_squares(seen["input"], torch.cat([scale, shift], dim=1))
+            state[f"unet.{name}.time_emb_proj.weight"] = weight
+            state[f"unet.{name}.time_emb_proj.bias"] = bias
+    grown.load_state_dict(state)
+    return grown.eval()
+
+
+def _least_squares(
+    inputs: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear layer's weight and bias mapping ``inputs`` to ``targets`` (ridge-damped)."""
+    design = torch.cat([inputs, torch.ones(len(inputs), 1)], dim=1).double()
+    gram = design.T @ design + ridge * len(inputs) * torch.eye(design.shape[1], dtype=design.dtype)
+    solution = torch.linalg.solve(gram, design.T @ targets.double()).float()
+    return solution[:-1].T.contiguous(), solution[-1].contiguous()
+
+
+def _norm_statistics(
+    model: IDiffFaceModel, noisy: torch.Tensor, timesteps: torch.Tensor, identity: torch.Tensor
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per residual block, per sample: the embedding the projection reads (``input``), the
+    bias it adds (``bias``), and per group the deviation of the convolution's output h
+    (``plain``) and of h + bias (``biased``, what the group norm divides by)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    hooks = []
+
+    def deviation(value: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+        grouped = value.float().reshape(value.shape[0], norm.num_groups, -1)
+        return (grouped.var(-1, unbiased=False) + norm.eps).sqrt()
+
+    for name, block in model.unet.named_modules():
+        if not isinstance(block, ResnetBlock2D) or block.time_emb_proj is None:
+            continue
+        record = seen.setdefault(name, {})
+        norm = block.norm2
+
+        def projection(_m, inputs, output, record=record) -> None:
+            record["input"], record["bias"] = inputs[0].float(), output.float()
+
+        def after_conv(_m, _i, output, record=record, norm=norm) -> None:
+            record["plain"] = deviation(output, norm)
+
+        def before_norm(_m, inputs, record=record, norm=norm) -> None:
+            record["biased"] = deviation(inputs[0], norm)
+
+        hooks.append(block.time_emb_proj.register_forward_hook(projection))
+        hooks.append(block.conv1.register_forward_hook(after_conv))
+        hooks.append(norm.register_forward_pre_hook(before_norm))
+    try:
+        with torch.no_grad():
+            model.eval()(noisy, timesteps, identity)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen

@@ -163,6 +163,7 @@ def build_unet(config: IDiffFaceConfig) -> UNet2DConditionModel:
         cross_attention_dim=config.context_dim,
         attention_head_dim=tuple(heads),
         norm_num_groups=config.norm_num_groups,
+        resnet_time_scale_shift="scale_shift" if config.time_scale_shift else "default",
         **kwargs,
     )
 

@@ -21,11 +21,17 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefoundry import checkpoints
+from facefoundry.errors import UsageError
 from facefoundry.generators.denoise import predicted_x0
 from facefoundry.generators.identities import PRIOR_FILE, save_identity_prior
 from facefoundry.generators.idiff_face import identity_loss as id_loss
 from facefoundry.generators.idiff_face.config import IDiffFaceConfig
-from facefoundry.generators.idiff_face.grow import grow_attention, grow_depth, grow_width
+from facefoundry.generators.idiff_face.grow import (
+    grow_attention,
+    grow_depth,
+    grow_modulation,
+    grow_width,
+)
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.schedule import min_snr_weights, training_scheduler
 from facefoundry.generators.seeds import sample_seed
@@ -640,6 +646,27 @@ class Trainer:
         }
 
 
+def _calibration_batch(
+    config: IDiffFaceConfig, data: FaceTrainingSet, rows: int = 1024, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training faces noised at uniform timesteps with their own conditions (seeded):
+    what ``grow.grow_modulation`` fits the new projection on."""
+    if config.latent:
+        raise UsageError("growing modulation needs a pixel-space model (no VAE latents)")
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, len(data), (min(rows, len(data)),), generator=generator).numpy()
+    faces = torch.from_numpy(data.faces[index]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if faces.shape[-1] != config.sample_size:
+        size = (config.sample_size, config.sample_size)
+        faces = F.interpolate(
+            faces, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+    timesteps = torch.randint(0, config.num_train_timesteps, (len(index),), generator=generator)
+    noise = torch.randn(faces.shape, generator=generator)
+    noisy = training_scheduler(config).add_noise(faces, noise, timesteps)
+    return noisy, timesteps, torch.from_numpy(data.embeddings[index]).float()
+
+
 def train_idiff_face(
     data_path: str | Path,
     out_dir: str | Path,
@@ -654,6 +681,7 @@ def train_idiff_face(
     grow_depth_blocks: int = 0,
     grow_widths: int = 0,
     cpd_p: float | None = None,
+    grow_modulated: bool = False,
 ) -> Path:
     """Train (or resume) on a training-set file; returns the exported model folder.
 
@@ -662,7 +690,10 @@ def train_idiff_face(
     on another machine from what is in the repository; ``grow_attention_levels`` adds
     identity cross-attention at those levels to it first (``grow.grow_attention``), and
     ``grow_depth_blocks`` that many residual blocks per level (``grow.grow_depth``),
-    then doubles every channel ``grow_widths`` times (``grow.grow_width``). ``cpd_p``
+    then doubles every channel ``grow_widths`` times (``grow.grow_width``), then, with
+    ``grow_modulated``, makes the embedding scale and shift every residual block's
+    normalised features (``grow.grow_modulation``, fitted on a batch of the training
+    set). ``cpd_p``
     sets the Contextual Partial Dropout rate (None: the model's own); it changes no
     weight, so a trained model or a checkpoint can continue at another rate.
     """
@@ -681,6 +712,8 @@ def train_idiff_face(
             initial = grow_depth(initial)
         for _ in range(grow_widths):
             initial = grow_width(initial, seed=settings.seed)
+        if grow_modulated:
+            initial = grow_modulation(initial, *_calibration_batch(initial.config, data))
         config = initial.config
     config = config or IDiffFaceConfig()
     if cpd_p is not None and cpd_p != config.cpd_p:
