@@ -170,6 +170,27 @@ VARIANTS = {
     },
     # lever 5 (session 32): conditions from another photo of the same person
     "id-other": {"init": DEFAULT_MODEL, "settings": {**_IDENTITY, "condition_source": "other"}},
+    # session 38: the same without Contextual Partial Dropout (more identities on both
+    # embedders at equal variety on the CPU) ...
+    "id-other-cpd0": {
+        "init": DEFAULT_MODEL,
+        "cpd_p": 0.0,
+        "settings": {**_IDENTITY, "condition_source": "other"},
+    },
+    # ... twice the width (sessions 31 and 35: capacity the CPU could not train) ...
+    "id-other-cpd0-wide": {
+        "init": DEFAULT_MODEL,
+        "cpd_p": 0.0,
+        "grow_widths": 1,
+        "settings": {**_IDENTITY, "condition_source": "other"},
+    },
+    # ... and with the embedding scaling and shifting every residual block (session 39)
+    "id-other-cpd0-mod": {
+        "init": DEFAULT_MODEL,
+        "cpd_p": 0.0,
+        "grow_modulated": True,
+        "settings": {**_IDENTITY, "condition_source": "other"},
+    },
 }
 
 
@@ -209,6 +230,9 @@ def train(args: argparse.Namespace) -> dict:
         schedule_to_budget=True,
         init_from=REPO / init if init else None,
         grow_attention_levels=tuple(variant.get("grow", ())),
+        grow_widths=variant.get("grow_widths", 0),
+        grow_modulated=variant.get("grow_modulated", False),
+        cpd_p=variant.get("cpd_p"),
     )
     history = json.loads((out / "loss_history.json").read_text())
     # float16 copies of the exported weights keep the transfer under its size limit

@@ -646,7 +646,7 @@ class Trainer:
         }
 
 
-def _calibration_batch(
+def calibration_batch(
     config: IDiffFaceConfig, data: FaceTrainingSet, rows: int = 1024, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training faces noised at uniform timesteps with their own conditions (seeded):
@@ -713,7 +713,7 @@ def train_idiff_face(
         for _ in range(grow_widths):
             initial = grow_width(initial, seed=settings.seed)
         if grow_modulated:
-            initial = grow_modulation(initial, *_calibration_batch(initial.config, data))
+            initial = grow_modulation(initial, *calibration_batch(initial.config, data))
         config = initial.config
     config = config or IDiffFaceConfig()
     if cpd_p is not None and cpd_p != config.cpd_p:
