@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Issue 16, lever 4, on a lent GPU: the committed IDiff-Face default continued at batch 256
 # (bf16) with the identity terms, variants side by side as separate processes sharing the
-# card (benchmarks/gpu_idiff.py train: id, id-drawn, id-drawn-attn16, id-other), each with a
-# SECONDS_EACH training budget whose cosine schedule is fitted to the measured rate.
+# card (benchmarks/gpu_idiff.py train: by default id-other-cpd0 and id-other-cpd0-wide, the
+# recipe sessions 32-38 recommend for a card, at the default's width and at twice it; also
+# id, id-drawn, id-drawn-attn16, id-other, id-other-cpd0-mod), each with a SECONDS_EACH
+# training budget whose cosine schedule is fitted to the measured rate. Judge what comes
+# back here: bench_identity_draws.py (1,000 x 4) and bench_identity_by_noise.py.
 #
 #   here, first:  bash benchmarks/device/idiff_face_lever4.sh pack   # fills .gpu/ (~37 MiB)
 #   there:        bash benchmarks/device/idiff_face_lever4.sh run    # $OUT gets NAME.tar/.log
@@ -35,7 +38,7 @@ pack)
 run)
   : "${OUT:?set OUT}"
   SECONDS_EACH=${SECONDS_EACH:-390}
-  VARIANTS=${VARIANTS:-"id id-drawn id-drawn-attn16"}
+  VARIANTS=${VARIANTS:-"id-other-cpd0 id-other-cpd0-wide"}
   if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site "$CARRY"/whl/*.whl || exit 1
