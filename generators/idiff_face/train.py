@@ -693,9 +693,8 @@ def train_idiff_face(
     then doubles every channel ``grow_widths`` times (``grow.grow_width``), then, with
     ``grow_modulated``, makes the embedding scale and shift every residual block's
     normalised features (``grow.grow_modulation``, fitted on a batch of the training
-    set). ``cpd_p``
-    sets the Contextual Partial Dropout rate (None: the model's own); it changes no
-    weight, so a trained model or a checkpoint can continue at another rate.
+    set). ``cpd_p`` sets the Contextual Partial Dropout rate (None: the model's own); it
+    changes no weight, so a trained model or a checkpoint can continue at another rate.
     """
     data = FaceTrainingSet.load(data_path)
     settings = settings or TrainSettings()
