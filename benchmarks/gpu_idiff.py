@@ -143,6 +143,8 @@ _IDENTITY = {
 # conditions with pairwise cosine <= 0.3 (session 28 on the H200: 2,457 of 8,000 found,
 # 1,844 of 2,000), and the draw fails rather than return fewer.
 _DRAWN = {"drawn_rows": 64, "drawn_identities": 1500, "drawn_anchor_weight": 8.0}
+# session 32's conditions from another photo of the same person
+_OTHER = {**_IDENTITY, "condition_source": "other"}
 DEFAULT_MODEL = "models/idiff-face-lfw"
 
 VARIANTS = {
@@ -169,27 +171,27 @@ VARIANTS = {
         "settings": {**_IDENTITY, **_DRAWN},
     },
     # lever 5 (session 32): conditions from another photo of the same person
-    "id-other": {"init": DEFAULT_MODEL, "settings": {**_IDENTITY, "condition_source": "other"}},
+    "id-other": {"init": DEFAULT_MODEL, "settings": _OTHER},
     # session 38: the same without Contextual Partial Dropout (more identities on both
     # embedders at equal variety on the CPU) ...
     "id-other-cpd0": {
         "init": DEFAULT_MODEL,
         "cpd_p": 0.0,
-        "settings": {**_IDENTITY, "condition_source": "other"},
+        "settings": _OTHER,
     },
     # ... twice the width (sessions 31 and 35: capacity the CPU could not train) ...
     "id-other-cpd0-wide": {
         "init": DEFAULT_MODEL,
         "cpd_p": 0.0,
         "grow_widths": 1,
-        "settings": {**_IDENTITY, "condition_source": "other"},
+        "settings": _OTHER,
     },
     # ... and with the embedding scaling and shifting every residual block (session 39)
     "id-other-cpd0-mod": {
         "init": DEFAULT_MODEL,
         "cpd_p": 0.0,
         "grow_modulated": True,
-        "settings": {**_IDENTITY, "condition_source": "other"},
+        "settings": _OTHER,
     },
 }
 
@@ -275,13 +277,11 @@ def pack_data(args: argparse.Namespace) -> dict:
     import lzma
 
     import numpy as np
-    import torch.nn.functional as F
+
+    from facefoundry.generators.idiff_face.train import pixel_faces
 
     arrays = dict(np.load(args.data))
-    faces = torch.from_numpy(arrays.pop("faces")).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    small = F.interpolate(
-        faces, size=(args.size, args.size), mode="bilinear", antialias=True, align_corners=False
-    )
+    small = pixel_faces(arrays.pop("faces"), args.size)
     pixels = ((small + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).numpy()
     deltas = np.diff(pixels.astype(np.int16), axis=2, prepend=0).astype(np.uint8)

@@ -347,12 +347,8 @@ class Trainer:
 
     def _prepare_samples(self, data: FaceTrainingSet, vae) -> torch.Tensor:
         """Faces as model inputs: [-1, 1] pixels at sample_size, or VAE latents."""
-        faces = torch.from_numpy(data.faces).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         size = self.config.image_size if self.config.latent else self.config.sample_size
-        if faces.shape[-1] != size:
-            faces = F.interpolate(
-                faces, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
+        faces = pixel_faces(data.faces, size)
         if not self.config.latent:
             return faces.contiguous()
         if vae is None:
@@ -646,6 +642,17 @@ class Trainer:
         }
 
 
+def pixel_faces(faces: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 N x H x W x 3 faces -> [-1, 1] N x 3 x size x size, resized (bilinear,
+    antialiased) as training sees them."""
+    pixels = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if pixels.shape[-1] != size:
+        pixels = F.interpolate(
+            pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return pixels
+
+
 def calibration_batch(
     config: IDiffFaceConfig, data: FaceTrainingSet, rows: int = 1024, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -655,12 +662,7 @@ def calibration_batch(
         raise UsageError("growing modulation needs a pixel-space model (no VAE latents)")
     generator = torch.Generator().manual_seed(seed)
     index = torch.randint(0, len(data), (min(rows, len(data)),), generator=generator).numpy()
-    faces = torch.from_numpy(data.faces[index]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if faces.shape[-1] != config.sample_size:
-        size = (config.sample_size, config.sample_size)
-        faces = F.interpolate(
-            faces, size=size, mode="bilinear", antialias=True, align_corners=False
-        )
+    faces = pixel_faces(data.faces[index], config.sample_size)
     timesteps = torch.randint(0, config.num_train_timesteps, (len(index),), generator=generator)
     noise = torch.randn(faces.shape, generator=generator)
     noisy = training_scheduler(config).add_noise(faces, noise, timesteps)
