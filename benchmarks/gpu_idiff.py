@@ -193,6 +193,21 @@ VARIANTS = {
         "grow_modulated": True,
         "settings": _OTHER,
     },
+    # session 40: finer pixels, the one lever sessions 35-39 left to a card: 64 px from
+    # scratch (train it on the 64 px JPEG pack: SIZE=64 ... pack), four levels, identity
+    # cross-attention at 16 x 16 and 8 x 8, the default's from-scratch recipe (plain
+    # denoising, lr 1e-3) with conditions from another photo (session 32); the identity
+    # fine-tune follows on the CPU or a second card run (--init)
+    "scratch-64": {
+        "config": {
+            "sample_size": 64,
+            "image_size": 64,
+            "block_out_channels": (32, 64, 128, 128),
+            "attention_levels": (2, 3),
+            "attention_head_dim": 16,
+        },
+        "settings": {**_PLAIN, "learning_rate": 1e-3, "seed": 10, "condition_source": "other"},
+    },
 }
 
 
@@ -269,10 +284,12 @@ def _unet_file(model_dir: Path) -> str:
 
 
 def pack_data(args: argparse.Namespace) -> dict:
-    """Here: the training set at the model's 32 px, compact enough to travel (the 64 px
-    file is 120 MB; the device tree is limited to 64 MiB): faces resized exactly as the
+    """Here: the training set at ``--size``, compact enough to travel (the 64 px file is
+    120 MB; the device tree is limited to 64 MiB). Faces are resized exactly as the
     trainer resizes them (bilinear, antialiased) and rounded to uint8 (<= 0.5 / 127.5
-    off), row deltas, xz."""
+    off); then either row deltas + xz (lossless; 32 px: ~25 MB) or, with
+    ``--jpeg-quality``, one JPEG per face (64 px: lossless needs 72.8 MB, JPEG 95 at
+    4:4:4 ~29 MB, mean error ~1.3 of 255 levels)."""
     import io
     import lzma
 
@@ -284,16 +301,58 @@ def pack_data(args: argparse.Namespace) -> dict:
     small = pixel_faces(arrays.pop("faces"), args.size)
     pixels = ((small + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).numpy()
+    # named after its source and size, so the model's training_set.yaml names it too
+    name = f"{Path(args.data).stem}-{args.size}px"
+    if args.jpeg_quality:
+        from PIL import Image
+
+        encoded = []
+        for face in pixels:
+            buffer = io.BytesIO()
+            Image.fromarray(face).save(
+                buffer, format="JPEG", quality=args.jpeg_quality, subsampling=0
+            )
+            encoded.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+        path = Path(args.out) / f"{name}-jpeg{args.jpeg_quality}.npz"
+        np.savez_compressed(  # the JPEGs stay as they are; names and embeddings shrink
+            path,
+            shape=np.array(pixels.shape),
+            jpeg=np.concatenate(encoded),
+            jpeg_offsets=np.cumsum([0] + [len(e) for e in encoded]),
+            **arrays,
+        )
+        decoded = _decode_jpeg(np.load(path))
+        error = float(np.abs(decoded.astype(np.float32) - pixels).mean())
+        return {
+            "path": str(path),
+            "bytes": path.stat().st_size,
+            "faces": list(pixels.shape),
+            "mean_abs_error_levels": round(error, 3),
+        }
     deltas = np.diff(pixels.astype(np.int16), axis=2, prepend=0).astype(np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, shape=np.array(pixels.shape), **arrays)
-    # named after its source and size, so the model's training_set.yaml names it too
-    path = Path(args.out) / f"{Path(args.data).stem}-{args.size}px.xz"
+    path = Path(args.out) / f"{name}.xz"
     with lzma.open(path, "wb", preset=9 | lzma.PRESET_EXTREME) as handle:
         handle.write(np.int64(len(buffer.getvalue())).tobytes())
         handle.write(buffer.getvalue())
         handle.write(deltas.tobytes())
     return {"path": str(path), "bytes": path.stat().st_size, "faces": list(pixels.shape)}
+
+
+def _decode_jpeg(arrays):  # -> N x S x S x 3 uint8
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    offsets = arrays["jpeg_offsets"]
+    data = arrays["jpeg"]
+    faces = np.empty(tuple(int(v) for v in arrays["shape"]), dtype=np.uint8)
+    for row in range(len(faces)):
+        chunk = data[offsets[row] : offsets[row + 1]].tobytes()
+        faces[row] = np.asarray(Image.open(io.BytesIO(chunk)).convert("RGB"))
+    return faces
 
 
 def unpack_data(args: argparse.Namespace) -> dict:
@@ -303,13 +362,20 @@ def unpack_data(args: argparse.Namespace) -> dict:
 
     import numpy as np
 
-    with lzma.open(Path(args.data), "rb") as handle:
-        head = int(np.frombuffer(handle.read(8), dtype=np.int64)[0])
-        arrays = dict(np.load(io.BytesIO(handle.read(head))))
-        shape = tuple(int(v) for v in arrays.pop("shape"))
-        deltas = np.frombuffer(handle.read(), dtype=np.uint8).reshape(shape)
-    faces = np.cumsum(deltas, axis=2, dtype=np.uint8)  # wraps mod 256, as packed
-    out = Path(args.out) / f"{Path(args.data).stem}.npz"
+    source = Path(args.data)
+    if source.suffix == ".npz":  # JPEG faces
+        arrays = dict(np.load(source))
+        faces = _decode_jpeg(arrays)
+        for key in ("shape", "jpeg", "jpeg_offsets"):
+            arrays.pop(key)
+    else:
+        with lzma.open(source, "rb") as handle:
+            head = int(np.frombuffer(handle.read(8), dtype=np.int64)[0])
+            arrays = dict(np.load(io.BytesIO(handle.read(head))))
+            shape = tuple(int(v) for v in arrays.pop("shape"))
+            deltas = np.frombuffer(handle.read(), dtype=np.uint8).reshape(shape)
+        faces = np.cumsum(deltas, axis=2, dtype=np.uint8)  # wraps mod 256, as packed
+    out = Path(args.out) / f"{source.stem}.npz"
     np.savez(out, faces=faces, **arrays)
     return {"path": str(out), "faces": list(faces.shape)}
 
@@ -323,6 +389,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--data")
     parser.add_argument("--size", type=int, default=32, help="pack-data: face size")
+    parser.add_argument(
+        "--jpeg-quality", type=int, help="pack-data: JPEG faces at this quality (lossy)"
+    )
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--init", help="start from this model folder (overrides the variant)")
     parser.add_argument("--lr", type=float, help="peak learning rate (overrides the variant)")
