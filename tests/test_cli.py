@@ -274,13 +274,34 @@ def test_every_command_has_help_and_the_global_flags():
         "eval lfw", "eval bin", "faces embed", "data lfw", "recipe check", "run", "stage",
         "report", "identities", "generator prepare-lfw", "generator train",
         "generator sample", "generator init-multi-id", "generator train-multi-id",
-        "generator tiny-sd", "train", "lfw-shards", "filter", "metrics", "calibrate",
+        "generator tiny-sd", "generator reward-tune", "train", "lfw-shards", "filter", "metrics", "calibrate",
         "shards verify", "shards stats",
     }  # fmt: skip
     assert {f"facefoundry {c}" for c in expected} <= set(parsers)
     for prog, parser in parsers.items():
         text = parser.format_help()
         assert text.startswith(f"usage: {prog}") and "--debug" in text, prog
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--identities", "1"],
+            "reward-tune: identities: Input should be greater than or equal to 2",
+        ),
+        (["--lr", "0"], "reward-tune: learning_rate: Input should be greater than 0"),
+    ],
+)
+def test_reward_tune_refuses_bad_settings_in_one_line_writing_nothing(
+    tmp_path, capsys, flags, message
+):
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"not read: the settings are refused first")
+    argv = ["generator", "reward-tune", str(data), "--init-from", str(tmp_path)]
+    assert main([*argv, "--out", str(tmp_path / "o"), *flags]) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
 
 
 def test_user_facing_errors_share_one_base_and_keep_their_builtin_base():
