@@ -3,12 +3,14 @@ differentiable sampler is diffusers' DDIM, the terms measure what they say, trai
 steps follow the condition more, and a resumed run is the unbroken run."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from facefoundry.errors import UsageError
 from facefoundry.generators.identities import PRIOR_FILE, save_identity_prior
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.sampler_reward import (
@@ -136,6 +138,9 @@ def test_reward_steps_follow_the_condition_more_and_a_resumed_run_is_the_unbroke
     other = settings.model_copy(update={"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="learning_rate 0.003 -> 0.001"):
         reward_tune(folder, data, tmp_path / "broken", other, progress=False)
+    elsewhere = shutil.copytree(folder, tmp_path / "elsewhere")
+    with pytest.raises(UsageError, match="init_from"):
+        reward_tune(elsewhere, data, tmp_path / "broken", settings, progress=False)
     resumed = reward_tune(folder, data, tmp_path / "broken", settings, progress=False)
     a = load_file(str(next((straight / "unet").glob("*.safetensors"))))
     b = load_file(str(next((resumed / "unet").glob("*.safetensors"))))

@@ -60,11 +60,13 @@ draws 2 faces for each of --identities conditions from the model's fitted prior 
 a differentiable DDIM sampler (--sampling-steps, CFG --guidance), then pays for SFace
 following the condition, for each identity's centroid staying below the filter's
 threshold against the last --bank identities drawn, for the denoising loss on real
-faces from DATA, and (--layout-weight) for keeping the 8 x 8 layout (pose, lighting)
-of what the starting weights drew from the same noise. Resumes from OUT/checkpoint
+faces from DATA, and (--layout-weight) for keeping the 8 x 8 layout (lighting,
+framing) of what the starting weights drew from the same noise; head pose still
+narrows (BENCHMARKS.md, session 40: 585 of 1,000 identities kept instead of 455,
+pose spread 0.68 of real faces' instead of 0.83). Resumes from OUT/checkpoint
 unless --restart; the sampling folder is OUT/model (refit its realisation map with
-`generator fit-realisation` before recipes that select by it). About 6 s a step on 2
-cores at the defaults (BENCHMARKS.md, session 40)."""
+`generator fit-realisation` before recipes that select by it). About 7 s a step on 2
+cores at the defaults."""
 
 DATA_HINT = "make one with `facefoundry generator prepare-lfw --out FILE.npz`"
 

@@ -18,9 +18,10 @@ kept in the autograd graph: DRaFT, Clark et al. 2024; AlignProp, Prabhudesai et 
 - ``denoise``: the usual v-prediction loss on a batch of real training faces, so the
   model stays a face generator;
 - ``layout``: MSE between the 8 x 8 average pools of each face and of the face the
-  starting weights draw from the same noise and condition: pose, lighting and framing
-  live at that scale, identity detail finer. Without it an identity's faces converge
-  on one pose and lighting (BENCHMARKS session 40).
+  starting weights draw from the same noise and condition: lighting and framing live
+  at that scale, identity detail finer. Without it an identity's faces converge on one
+  pose and lighting; with it lighting and pixel variety hold but head pose, which moves
+  landmarks by a pixel or two, still narrows (BENCHMARKS session 40).
 
 Conditions are drawn from the model's fitted identity prior (what datasets are drawn
 from); dlib, which never enters the loss, is the judge (``bench_identity_draws.py``).
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefoundry import checkpoints
+from facefoundry.errors import UsageError
 from facefoundry.generators.identities import PRIOR_FILE, load_identity_prior
 from facefoundry.generators.idiff_face.identity_loss import embed_predicted
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
@@ -51,6 +53,10 @@ logger = logging.getLogger(__name__)
 # the filter's tau_inter for SFace: FMR 1e-4 on LFW (filters/calibration_tables.py)
 SFACE_DEDUP_COSINE = 0.41877
 HISTORY_FILE = "loss_history_sampler_reward.json"
+
+
+class RewardTuneError(UsageError, ValueError):
+    """A training set or a run folder this fine-tune cannot use as asked."""
 
 
 class RewardSettings(BaseModel):
@@ -190,7 +196,7 @@ class SamplerRewardTuner:
         self.alphas = self.noise_schedule.alphas_cumprod.float()
         data = FaceTrainingSet.load(data_path)
         if data.embeddings.shape[1] != self.model.config.id_dim:
-            raise ValueError(
+            raise RewardTuneError(
                 f"{data_path} holds {data.embeddings.shape[1]}-d embeddings; the model is "
                 f"conditioned on {self.model.config.id_dim}-d vectors"
             )
@@ -282,6 +288,7 @@ class SamplerRewardTuner:
             self.optimizer,
             {
                 "iteration": self.iteration,
+                "init_from": str(self.init_from),
                 "settings": self.settings.model_dump(mode="json"),
                 "history": self.history,
             },
@@ -294,12 +301,14 @@ class SamplerRewardTuner:
             return False
         # more iterations continue a run; anything else would train differently
         saved = {k: v for k, v in checkpoint.state["settings"].items() if k != "iterations"}
+        saved["init_from"] = checkpoint.state.get("init_from")
         now = self.settings.model_dump(mode="json", exclude={"iterations"})
+        now["init_from"] = str(self.init_from)
         if saved != now:
             changed = ", ".join(
                 f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v
             )
-            raise ValueError(
+            raise RewardTuneError(
                 f"{out} was fine-tuned with other settings ({changed}); use another --out "
                 "or --restart"
             )
