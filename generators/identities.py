@@ -143,12 +143,20 @@ def sample_fitted(
         raise ValueError(f"{prior_path} is {prior['mean'].shape[0]}-d, identities are {dim}-d")
 
     def draw(rng: np.random.Generator, count: int) -> np.ndarray:
-        return (
-            prior["mean"]
-            + spread * rng.standard_normal((count, dim)).astype(np.float32) @ prior["factor"].T
-        )
+        return draw_fitted(prior, rng, count, spread)
 
     return sample_separated(n, dim, seed, tau, draw=draw)
+
+
+def draw_fitted(
+    prior: dict[str, np.ndarray], rng: np.random.Generator, count: int, spread: float = 1.0
+) -> np.ndarray:
+    """``count`` raw (unnormalised) draws from a fitted prior: mean + spread x factor @ z."""
+    dim = len(prior["mean"])
+    return (
+        prior["mean"]
+        + spread * rng.standard_normal((count, dim)).astype(np.float32) @ prior["factor"].T
+    )
 
 
 def sample_separated(

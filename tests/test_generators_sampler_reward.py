@@ -16,6 +16,7 @@ from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.sampler_reward import (
     RewardSettings,
     ddim_sample,
+    dedup_cosine,
     identity_reward_terms,
     layout_term,
     reward_tune,
@@ -88,18 +89,26 @@ def test_the_identity_terms_measure_following_and_crowding():
 
         own = embed_predicted(faces, recognizer)
     far = -normalise(own[::2] + own[1::2])  # opposite the two identities: no crowding
-    apart = identity_reward_terms(faces, own, recognizer, far, 0.3, generator, shift_pixels=0)
+    apart = identity_reward_terms(faces, own, recognizer, far, 0.4, 0.1, generator, shift_pixels=0)
     # conditioned on their own embeddings, unshifted faces follow exactly
     assert float(apart["follow"]) == pytest.approx(0.0, abs=1e-5)
     assert float(apart["separation"]) == 0.0 and float(apart["neighbours"]) == 0.0
     # a bank holding the identities' own centroids: each has one neighbour past the
     # threshold, and the term is (1 - margin) per identity
     bank = torch.cat([far, apart["centroids"]])
-    crowded = identity_reward_terms(faces, own, recognizer, bank, 0.3, generator, 0)
+    crowded = identity_reward_terms(faces, own, recognizer, bank, 0.4, 0.1, generator, 0)
     assert float(crowded["neighbours"]) >= 1.0
     assert float(crowded["separation"]) >= 0.7 - 1e-5
     with pytest.raises(ValueError, match="two per identity"):
-        identity_reward_terms(faces[:3], own[:3], recognizer, bank, 0.3, generator, 0)
+        identity_reward_terms(faces[:3], own[:3], recognizer, bank, 0.4, 0.1, generator, 0)
+
+
+def test_the_bank_threshold_is_the_filters_own_merge_cosine():
+    from facefoundry.generators.idiff_face.model import read_config
+
+    checksum = read_config("models/idiff-face-lfw").conditioning_checksum
+    # SFace at FMR 1e-4 on LFW impostor pairs (filters/calibration_tables.py)
+    assert dedup_cosine(checksum) == pytest.approx(0.41877, abs=1e-5)
 
 
 def test_the_layout_term_sees_lighting_not_fine_detail():
@@ -163,7 +172,7 @@ def test_the_follow_term_falls_over_a_few_steps_on_a_fixed_draw():
     for _ in range(6):
         faces = ddim_sample(model, alphas, condition, noise, 2, 3.0)
         terms = identity_reward_terms(
-            faces, condition, recognizer, bank, 0.3, torch.Generator().manual_seed(0), 0
+            faces, condition, recognizer, bank, 0.4, 0.1, torch.Generator().manual_seed(0), 0
         )
         values.append(terms["follow"].item())
         optimizer.zero_grad()

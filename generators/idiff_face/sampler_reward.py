@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from facefoundry import checkpoints
 from facefoundry.errors import UsageError
-from facefoundry.generators.identities import PRIOR_FILE, load_identity_prior
+from facefoundry.generators.identities import PRIOR_FILE, draw_fitted, load_identity_prior
 from facefoundry.generators.idiff_face.identity_loss import embed_predicted
 from facefoundry.generators.idiff_face.model import IDiffFaceModel
 from facefoundry.generators.idiff_face.schedule import training_scheduler
@@ -50,8 +50,6 @@ from facefoundry.recognition.sface_torch import load_sface_torch, normalise
 
 logger = logging.getLogger(__name__)
 
-# the filter's tau_inter for SFace: FMR 1e-4 on LFW (filters/calibration_tables.py)
-SFACE_DEDUP_COSINE = 0.41877
 HISTORY_FILE = "loss_history_sampler_reward.json"
 
 
@@ -70,7 +68,9 @@ class RewardSettings(BaseModel):
     guidance_scale: float = Field(3.0, ge=1.0)
     learning_rate: float = Field(2e-5, gt=0.0)
     separation_weight: float = Field(1.0, ge=0.0)
-    margin: float = Field(SFACE_DEDUP_COSINE - 0.05, description="separation starts here")
+    margin_below_threshold: float = Field(
+        0.05, description="separation starts this far below the filter's merge cosine"
+    )
     bank: int = Field(1024, ge=1, description="recent identity centroids to stay apart from")
     denoise_weight: float = Field(1.0, ge=0.0)
     denoise_batch: int = Field(32, ge=1)
@@ -78,6 +78,15 @@ class RewardSettings(BaseModel):
     shift_pixels: int = Field(2, ge=0)
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
+
+
+def dedup_cosine(checksum: str | None = None) -> float:
+    """The SFace cosine at which the filter merges identities (its default ``tau_inter``,
+    an FMR, through the same calibration lookup the filter uses)."""
+    from facefoundry.filters.calibrate import resolve_threshold
+    from facefoundry.filters.settings import FilterSettings
+
+    return resolve_threshold(FilterSettings().tau_inter, "sface", checksum or None).cos
 
 
 def ddim_sample(
@@ -133,13 +142,15 @@ def identity_reward_terms(
     condition: torch.Tensor,
     recognizer: torch.nn.Module,
     bank: torch.Tensor,
+    threshold: float,
     margin: float,
     generator: torch.Generator,
     shift_pixels: int = 2,
 ) -> dict[str, torch.Tensor]:
-    """``follow`` and ``separation`` (module docstring) of faces drawn two per identity
-    (rows 2i and 2i + 1 share a condition), plus the identities' centroids (for the bank)
-    and ``neighbours``: bank entries past the filter's threshold per identity."""
+    """``follow`` and ``separation`` (module docstring; from ``threshold - margin``) of
+    faces drawn two per identity (rows 2i and 2i + 1 share a condition), plus the
+    identities' centroids (for the bank) and ``neighbours``: bank entries past
+    ``threshold`` (the filter's merge cosine) per identity."""
     if len(faces) % 2 or len(faces) != len(condition):
         raise ValueError("faces come two per identity, one condition row per face")
     embedded = embed_predicted(shifted(faces.clamp(-1, 1), generator, shift_pixels), recognizer)
@@ -148,9 +159,9 @@ def identity_reward_terms(
     similarity = centroids @ bank.T
     return {
         "follow": follow,
-        "separation": F.relu(similarity - margin).sum(1).mean(),
+        "separation": F.relu(similarity - (threshold - margin)).sum(1).mean(),
         "centroids": centroids.detach(),
-        "neighbours": (similarity.detach() > SFACE_DEDUP_COSINE).float().sum(1).mean(),
+        "neighbours": (similarity.detach() > threshold).float().sum(1).mean(),
     }
 
 
@@ -168,10 +179,8 @@ def pair_spread(faces: torch.Tensor) -> float:
 
 
 def draw_conditions(prior: dict, count: int, rng: np.random.Generator) -> torch.Tensor:
-    """Unit vectors from a fitted identity prior (``identities.fit_identity_prior``)."""
-    mean = prior["mean"]
-    raw = mean + rng.standard_normal((count, len(mean))).astype(np.float32) @ prior["factor"].T
-    return normalise(torch.from_numpy(raw.astype(np.float32)))
+    """Unit vectors from a fitted identity prior (``identities.draw_fitted``)."""
+    return normalise(torch.from_numpy(draw_fitted(prior, rng, count).astype(np.float32)))
 
 
 class SamplerRewardTuner:
@@ -191,6 +200,7 @@ class SamplerRewardTuner:
             self.start = IDiffFaceModel.from_pretrained(self.init_from).eval()
             self.start.requires_grad_(False)
         self.recognizer = load_sface_torch().eval().requires_grad_(False)
+        self.threshold = dedup_cosine(self.model.config.conditioning_checksum)
         self.prior = load_identity_prior(self.init_from / PRIOR_FILE)
         self.noise_schedule = training_scheduler(self.model.config)
         self.alphas = self.noise_schedule.alphas_cumprod.float()
@@ -242,7 +252,14 @@ class SamplerRewardTuner:
         noise = torch.randn((2 * s.identities, 3, size, size), generator=generator)
         faces = self._draw(self.model, condition, noise)
         terms = identity_reward_terms(
-            faces, condition, self.recognizer, self.bank, s.margin, generator, s.shift_pixels
+            faces,
+            condition,
+            self.recognizer,
+            self.bank,
+            self.threshold,
+            s.margin_below_threshold,
+            generator,
+            s.shift_pixels,
         )
         rows = torch.randint(0, len(self.faces), (s.denoise_batch,), generator=generator)
         x0 = self.faces[rows]
