@@ -20,6 +20,7 @@ from facefoundry.generators.idiff_face.sampler_reward import (
     identity_reward_terms,
     layout_term,
     reward_tune,
+    variety_term,
 )
 from facefoundry.generators.idiff_face.schedule import training_scheduler
 from facefoundry.generators.training_data import FaceTrainingSet
@@ -122,6 +123,24 @@ def test_the_layout_term_sees_lighting_not_fine_detail():
     assert float(layout_term(faces + 0.2, faces)) == pytest.approx(0.04, rel=1e-4)
 
 
+def test_the_variety_anchor_frees_what_an_identitys_faces_share_not_how_they_differ():
+    generator = torch.Generator().manual_seed(1)
+    anchor = torch.rand(4, 3, 32, 32, generator=generator) * 2 - 1  # 2 identities x 2
+    assert float(variety_term(anchor, anchor)) == 0.0
+    # a new identity: the same change to both faces of each identity (a darker
+    # left half for the first, a brighter nose region for the second)
+    shared = torch.zeros_like(anchor)
+    shared[0:2, :, :, :16] = -0.3
+    shared[2:4, :, 12:20, 12:20] = 0.3
+    assert float(variety_term(anchor + shared, anchor)) < 1e-12
+    assert float(layout_term(anchor + shared, anchor)) > 1e-3
+    # one face turned (its features moved a pixel) while its twin did not: a change in
+    # how the two differ, which 2 x 2 pools see
+    turned = anchor.clone()
+    turned[0] = torch.roll(anchor[0], shifts=1, dims=-1)
+    assert float(variety_term(turned, anchor)) > 1e-3
+
+
 def test_reward_steps_follow_the_condition_more_and_a_resumed_run_is_the_unbroken_one(tmp_path):
     folder, data = _folder(tmp_path)
     settings = RewardSettings(
@@ -132,12 +151,14 @@ def test_reward_steps_follow_the_condition_more_and_a_resumed_run_is_the_unbroke
         bank=8,
         denoise_batch=4,
         layout_weight=1.0,
+        variety_weight=1.0,
         checkpoint_every=2,
     )
     straight = reward_tune(folder, data, tmp_path / "straight", settings, progress=False)
     state = json.loads((tmp_path / "straight" / "checkpoint" / "state.json").read_text())
     assert [row["iteration"] for row in state["history"]] == [1, 2, 3, 4]
     assert all(0 < row["pair_spread_vs_start"] < 10 for row in state["history"])
+    assert state["history"][0]["variety"] == 0.0 < state["history"][-1]["variety"]
     for name in ("identity_prior.safetensors", "unet/config.json"):
         assert (straight / name).is_file()
     assert not (straight / "realisation_map.npz").exists()

@@ -189,6 +189,8 @@ def cmd_generator_reward_tune(args: argparse.Namespace) -> int:
             separation_weight=args.separation_weight,
             bank=args.bank,
             layout_weight=args.layout_weight,
+            variety_weight=args.variety_weight,
+            variety_grid=args.variety_grid,
             seed=args.seed,
         )
     except ValidationError as error:  # one line naming the first bad option
@@ -691,6 +693,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=8.0,
         help="weight of the 8 x 8 layout anchor to the starting weights' faces (0 = off: "
         "an identity's faces then converge on one pose and lighting)",
+    )
+    reward.add_argument(
+        "--variety-weight",
+        type=float,
+        default=0.0,
+        help="weight of the variety anchor: how an identity's two faces differ, on "
+        "--variety-grid pools, stays the starting weights' (0 = off)",
+    )
+    reward.add_argument(
+        "--variety-grid", type=int, default=16, help="variety anchor pools per side (16)"
     )
     reward.add_argument("--seed", type=int, default=0)
     reward.add_argument("--threads", type=int, default=None, help="torch CPU threads")

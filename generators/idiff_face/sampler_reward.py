@@ -22,6 +22,10 @@ kept in the autograd graph: DRaFT, Clark et al. 2024; AlignProp, Prabhudesai et 
   at that scale, identity detail finer. Without it an identity's faces converge on one
   pose and lighting; with it lighting and pixel variety hold but head pose, which moves
   landmarks by a pixel or two, still narrows (BENCHMARKS session 40).
+- ``variety`` (off by default): the same MSE, on finer pools, of the difference
+  between an identity's two faces and the starting weights' pair: how pose and
+  lighting change from one noise to the next is held, what the two faces share (the
+  identity) is free to move.
 
 Conditions are drawn from the model's fitted identity prior (what datasets are drawn
 from); dlib, which never enters the loss, is the judge (``bench_identity_draws.py``).
@@ -75,6 +79,8 @@ class RewardSettings(BaseModel):
     denoise_weight: float = Field(1.0, ge=0.0)
     denoise_batch: int = Field(32, ge=1)
     layout_weight: float = Field(8.0, ge=0.0, description="0: no layout anchor")
+    variety_weight: float = Field(0.0, ge=0.0, description="0: no variety anchor")
+    variety_grid: int = Field(16, ge=1, description="pools per side of the variety anchor")
     shift_pixels: int = Field(2, ge=0)
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
@@ -165,10 +171,22 @@ def identity_reward_terms(
     }
 
 
-def layout_term(faces: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """MSE of the 8 x 8 average pools of ``faces`` and ``anchor``."""
-    pool = max(1, faces.shape[-1] // 8)
+def layout_term(faces: torch.Tensor, anchor: torch.Tensor, grid: int = 8) -> torch.Tensor:
+    """MSE of the ``grid`` x ``grid`` average pools of ``faces`` and ``anchor``."""
+    pool = max(1, faces.shape[-1] // grid)
     return F.mse_loss(F.avg_pool2d(faces, pool), F.avg_pool2d(anchor, pool))
+
+
+def pair_differences(faces: torch.Tensor) -> torch.Tensor:
+    """Each identity's second face minus its first (faces come in identity pairs)."""
+    return faces.view(len(faces) // 2, 2, *faces.shape[1:]).diff(dim=1).squeeze(1)
+
+
+def variety_term(faces: torch.Tensor, anchor: torch.Tensor, grid: int = 16) -> torch.Tensor:
+    """The layout term on what differs between an identity's two faces: how the pose
+    and lighting change from one noise to the other must stay the starting weights',
+    while what the two faces share (the identity) is free to move."""
+    return layout_term(pair_differences(faces), pair_differences(anchor), grid)
 
 
 def pair_spread(faces: torch.Tensor) -> float:
@@ -196,7 +214,7 @@ class SamplerRewardTuner:
         self.model = IDiffFaceModel.from_pretrained(self.init_from).eval()  # no CPD
         self.model.requires_grad_(True)
         self.start = None
-        if settings.layout_weight > 0:
+        if settings.layout_weight > 0 or settings.variety_weight > 0:
             self.start = IDiffFaceModel.from_pretrained(self.init_from).eval()
             self.start.requires_grad_(False)
         self.recognizer = load_sface_torch().eval().requires_grad_(False)
@@ -268,18 +286,20 @@ class SamplerRewardTuner:
         noisy = self.noise_schedule.add_noise(x0, eps, t)
         target = self.noise_schedule.get_velocity(x0, eps, t)
         denoise = F.mse_loss(self.model(noisy, t, self.embeddings[rows]), target)
-        layout = faces.new_zeros(())
+        layout = variety = faces.new_zeros(())
         spread = float("nan")
         if self.start is not None:
             with torch.no_grad():
                 anchor = self._draw(self.start, condition, noise)
             layout = layout_term(faces, anchor)
+            variety = variety_term(faces, anchor, s.variety_grid)
             spread = pair_spread(faces.detach()) / pair_spread(anchor)
         loss = (
             terms["follow"]
             + s.separation_weight * terms["separation"]
             + s.denoise_weight * denoise
             + s.layout_weight * layout
+            + s.variety_weight * variety
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -293,6 +313,7 @@ class SamplerRewardTuner:
             "bank_neighbours_over_threshold": round(terms["neighbours"].item(), 3),
             "denoise": round(denoise.item(), 5),
             "layout": round(layout.item(), 6),
+            "variety": round(variety.item(), 6),
             "pair_spread_vs_start": round(spread, 3),
         }
         self.history.append(entry)
@@ -317,7 +338,10 @@ class SamplerRewardTuner:
         if checkpoint is None:
             return False
         # more iterations continue a run; anything else would train differently
-        saved = {k: v for k, v in checkpoint.state["settings"].items() if k != "iterations"}
+        # a setting a run predates trained at its default
+        saved = RewardSettings().model_dump(mode="json", exclude={"iterations"})
+        saved.update(checkpoint.state["settings"])
+        saved.pop("iterations")
         saved["init_from"] = checkpoint.state.get("init_from")
         now = self.settings.model_dump(mode="json", exclude={"iterations"})
         now["init_from"] = str(self.init_from)
