@@ -200,3 +200,22 @@ def test_the_follow_term_falls_over_a_few_steps_on_a_fixed_draw():
         terms["follow"].backward()
         optimizer.step()
     assert values[-1] < values[0] - 0.01
+
+
+def test_a_run_from_before_the_variety_anchor_resumes_at_its_default(tmp_path):
+    folder, data = _folder(tmp_path)
+    settings = RewardSettings(
+        iterations=1, identities=2, steps=1, bank=4, denoise_batch=2, layout_weight=0.0
+    )
+    reward_tune(folder, data, tmp_path / "run", settings, progress=False)
+    state_file = tmp_path / "run" / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    for name in ("variety_weight", "variety_grid"):  # what session 40's runs saved
+        del state["settings"][name]
+    state_file.write_text(json.dumps(state))
+    more = settings.model_copy(update={"iterations": 2})
+    reward_tune(folder, data, tmp_path / "run", more, progress=False)
+    assert json.loads(state_file.read_text())["iteration"] == 2
+    anchored = more.model_copy(update={"iterations": 3, "variety_weight": 1.0})
+    with pytest.raises(UsageError, match="variety_weight 0.0 -> 1.0"):
+        reward_tune(folder, data, tmp_path / "run", anchored, progress=False)
