@@ -341,7 +341,7 @@ class SamplerRewardTuner:
         # a setting a run predates trained at its default
         saved = RewardSettings().model_dump(mode="json", exclude={"iterations"})
         saved.update(checkpoint.state["settings"])
-        saved.pop("iterations")
+        saved.pop("iterations", None)
         saved["init_from"] = checkpoint.state.get("init_from")
         now = self.settings.model_dump(mode="json", exclude={"iterations"})
         now["init_from"] = str(self.init_from)
