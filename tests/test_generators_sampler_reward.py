@@ -210,7 +210,7 @@ def test_a_run_from_before_the_variety_anchor_resumes_at_its_default(tmp_path):
     reward_tune(folder, data, tmp_path / "run", settings, progress=False)
     state_file = tmp_path / "run" / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
-    for name in ("variety_weight", "variety_grid"):  # what session 40's runs saved
+    for name in ("variety_weight", "variety_grid", "follow_weight"):  # session 40's runs
         del state["settings"][name]
     state_file.write_text(json.dumps(state))
     more = settings.model_copy(update={"iterations": 2})
@@ -219,3 +219,24 @@ def test_a_run_from_before_the_variety_anchor_resumes_at_its_default(tmp_path):
     anchored = more.model_copy(update={"iterations": 3, "variety_weight": 1.0})
     with pytest.raises(UsageError, match="variety_weight 0.0 -> 1.0"):
         reward_tune(folder, data, tmp_path / "run", anchored, progress=False)
+
+
+def test_the_follow_weight_scales_the_follow_term_alone(tmp_path):
+    """With every other term off, a step moves the weights only if the follow term counts."""
+    folder, data = _folder(tmp_path)
+    only_follow = RewardSettings(
+        iterations=1,
+        identities=2,
+        steps=2,
+        learning_rate=3e-3,
+        bank=4,
+        separation_weight=0.0,
+        denoise_weight=0.0,
+        layout_weight=0.0,
+    )
+    start = load_file(str(next((folder / "unet").glob("*.safetensors"))))
+    for weight, moves in ((1.0, True), (0.0, False)):
+        settings = only_follow.model_copy(update={"follow_weight": weight})
+        tuned = reward_tune(folder, data, tmp_path / f"w{weight}", settings, progress=False)
+        after = load_file(str(next((tuned / "unet").glob("*.safetensors"))))
+        assert any(not torch.equal(after[k], start[k]) for k in start) == moves

@@ -186,6 +186,7 @@ def cmd_generator_reward_tune(args: argparse.Namespace) -> int:
             steps=args.sampling_steps,
             guidance_scale=args.guidance,
             learning_rate=args.lr,
+            follow_weight=args.follow_weight,
             separation_weight=args.separation_weight,
             bank=args.bank,
             layout_weight=args.layout_weight,
@@ -683,6 +684,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     reward.add_argument("--sampling-steps", type=int, default=8, help="DDIM steps (default 8)")
     reward.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default 3)")
     reward.add_argument("--lr", type=float, default=2e-5, help="learning rate (default 2e-5)")
+    reward.add_argument(
+        "--follow-weight",
+        type=float,
+        default=1.0,
+        help="weight of the follow term, 1 - cos(SFace(face), condition) (0 = off)",
+    )
     reward.add_argument(
         "--separation-weight", type=float, default=1.0, help="weight of the bank term"
     )

@@ -10,7 +10,9 @@ kept in the autograd graph: DRaFT, Clark et al. 2024; AlignProp, Prabhudesai et 
 2023) and scores the finished faces:
 
 - ``follow``: ``1 - cos(SFace(face), condition)``, each face after a random shift of a
-  pixel or two, so a pattern that fools SFace at one alignment earns nothing;
+  pixel or two, so a pattern that fools SFace at one alignment earns nothing (weight
+  ``follow_weight``: SFace follows a condition best in a frontal, evenly lit face, so
+  this term may be what narrows pose; 0 leaves the separation to spread identities);
 - ``separation``: each identity's 2-face SFace centroid against a bank (MoCo-style,
   detached) of the last ``bank`` identities drawn, ``sum relu(cos - margin)``: the
   filter merges identities whose centroids pass its threshold among ~1,000 others, a
@@ -71,6 +73,9 @@ class RewardSettings(BaseModel):
     steps: int = Field(8, ge=1, description="DDIM sampling steps, all differentiated")
     guidance_scale: float = Field(3.0, ge=1.0)
     learning_rate: float = Field(2e-5, gt=0.0)
+    follow_weight: float = Field(
+        1.0, ge=0.0, description="0: faces are not scored on following their condition"
+    )
     separation_weight: float = Field(1.0, ge=0.0)
     margin_below_threshold: float = Field(
         0.05, description="separation starts this far below the filter's merge cosine"
@@ -295,7 +300,7 @@ class SamplerRewardTuner:
             variety = variety_term(faces, anchor, s.variety_grid)
             spread = pair_spread(faces.detach()) / pair_spread(anchor)
         loss = (
-            terms["follow"]
+            s.follow_weight * terms["follow"]
             + s.separation_weight * terms["separation"]
             + s.denoise_weight * denoise
             + s.layout_weight * layout
