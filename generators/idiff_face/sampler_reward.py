@@ -11,8 +11,9 @@ kept in the autograd graph: DRaFT, Clark et al. 2024; AlignProp, Prabhudesai et 
 
 - ``follow``: ``1 - cos(SFace(face), condition)``, each face after a random shift of a
   pixel or two, so a pattern that fools SFace at one alignment earns nothing (weight
-  ``follow_weight``: SFace follows a condition best in a frontal, evenly lit face, so
-  this term may be what narrows pose; 0 leaves the separation to spread identities);
+  ``follow_weight``). SFace follows a condition best in a frontal, evenly lit face: this
+  term is the larger part of what narrows pose, and of the gain dlib also sees; without
+  it the separation's gain is read mostly by SFace (BENCHMARKS session 42);
 - ``separation``: each identity's 2-face SFace centroid against a bank (MoCo-style,
   detached) of the last ``bank`` identities drawn, ``sum relu(cos - margin)``: the
   filter merges identities whose centroids pass its threshold among ~1,000 others, a
