@@ -48,6 +48,11 @@ def _folder(tmp_path, people: int = 6):
     return folder, data
 
 
+def _unet_weights(folder) -> dict[str, torch.Tensor]:
+    """The UNet tensors a model folder holds."""
+    return load_file(str(next((folder / "unet").glob("*.safetensors"))))
+
+
 @pytest.mark.parametrize("kind", ["v_prediction", "epsilon"])
 def test_the_differentiable_sampler_is_diffusers_ddim_step_for_step(kind):
     from diffusers import DDIMScheduler
@@ -172,10 +177,10 @@ def test_reward_steps_follow_the_condition_more_and_a_resumed_run_is_the_unbroke
     with pytest.raises(UsageError, match="init_from"):
         reward_tune(elsewhere, data, tmp_path / "broken", settings, progress=False)
     resumed = reward_tune(folder, data, tmp_path / "broken", settings, progress=False)
-    a = load_file(str(next((straight / "unet").glob("*.safetensors"))))
-    b = load_file(str(next((resumed / "unet").glob("*.safetensors"))))
+    a = _unet_weights(straight)
+    b = _unet_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    start = load_file(str(next((folder / "unet").glob("*.safetensors"))))
+    start = _unet_weights(folder)
     assert any(not torch.equal(a[k], start[k]) for k in a)
 
 
@@ -202,7 +207,7 @@ def test_the_follow_term_falls_over_a_few_steps_on_a_fixed_draw():
     assert values[-1] < values[0] - 0.01
 
 
-def test_a_run_from_before_the_variety_anchor_resumes_at_its_default(tmp_path):
+def test_a_run_saved_before_newer_settings_resumes_at_their_defaults(tmp_path):
     folder, data = _folder(tmp_path)
     settings = RewardSettings(
         iterations=1, identities=2, steps=1, bank=4, denoise_batch=2, layout_weight=0.0
@@ -210,7 +215,7 @@ def test_a_run_from_before_the_variety_anchor_resumes_at_its_default(tmp_path):
     reward_tune(folder, data, tmp_path / "run", settings, progress=False)
     state_file = tmp_path / "run" / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
-    for name in ("variety_weight", "variety_grid", "follow_weight"):  # session 40's runs
+    for name in ("variety_weight", "variety_grid", "follow_weight"):  # added after s40
         del state["settings"][name]
     state_file.write_text(json.dumps(state))
     more = settings.model_copy(update={"iterations": 2})
@@ -234,9 +239,9 @@ def test_the_follow_weight_scales_the_follow_term_alone(tmp_path):
         denoise_weight=0.0,
         layout_weight=0.0,
     )
-    start = load_file(str(next((folder / "unet").glob("*.safetensors"))))
+    start = _unet_weights(folder)
     for weight, moves in ((1.0, True), (0.0, False)):
         settings = only_follow.model_copy(update={"follow_weight": weight})
         tuned = reward_tune(folder, data, tmp_path / f"w{weight}", settings, progress=False)
-        after = load_file(str(next((tuned / "unet").glob("*.safetensors"))))
+        after = _unet_weights(tuned)
         assert any(not torch.equal(after[k], start[k]) for k in start) == moves
