@@ -86,6 +86,32 @@ def test_the_differentiable_sampler_is_diffusers_ddim_step_for_step(kind):
     assert model.unet.conv_in.weight.grad.abs().sum() > 0
 
 
+def test_grad_steps_keeps_the_faces_and_differentiates_only_the_last_calls():
+    """DRaFT-K: the same faces, but only the last K of the sampler's model calls build a
+    graph (counted at the UNet), so the reward reaches the low-noise steps alone."""
+    model = _model()
+    alphas = training_scheduler(model.config).alphas_cumprod.float()
+    condition = normalise(torch.randn(2, 128, generator=torch.Generator().manual_seed(1)))
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    in_graph = []
+    hook = model.unet.register_forward_hook(
+        lambda module, inputs, output: in_graph.append(torch.is_grad_enabled())
+    )
+    full = ddim_sample(model, alphas, condition, noise, 4, 3.0)
+    assert in_graph == [True] * 4
+    in_graph.clear()
+    last_two = ddim_sample(model, alphas, condition, noise, 4, 3.0, grad_steps=2)
+    hook.remove()
+    assert in_graph == [False, False, True, True]
+    assert torch.equal(full, last_two)
+    last_two.sum().backward()
+    assert model.unet.conv_in.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # outside a graph it stays outside
+        assert not ddim_sample(model, alphas, condition, noise, 4, 3.0, grad_steps=2).requires_grad
+    with pytest.raises(ValueError, match="at most the 4 sampling steps"):
+        RewardSettings(steps=4, grad_steps=5)
+
+
 def test_the_identity_terms_measure_following_and_crowding():
     recognizer = load_sface_torch().eval()
     generator = torch.Generator().manual_seed(0)
@@ -215,7 +241,7 @@ def test_a_run_saved_before_newer_settings_resumes_at_their_defaults(tmp_path):
     reward_tune(folder, data, tmp_path / "run", settings, progress=False)
     state_file = tmp_path / "run" / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
-    for name in ("variety_weight", "variety_grid", "follow_weight"):  # added after s40
+    for name in ("variety_weight", "variety_grid", "follow_weight", "grad_steps"):  # after s40
         del state["settings"][name]
     state_file.write_text(json.dumps(state))
     more = settings.model_copy(update={"iterations": 2})

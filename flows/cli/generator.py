@@ -63,7 +63,8 @@ threshold against the last --bank identities drawn, for the denoising loss on re
 faces from DATA, and (--layout-weight) for keeping the 8 x 8 layout (lighting,
 framing) of what the starting weights drew from the same noise; head pose still
 narrows (BENCHMARKS.md, session 40: 585 of 1,000 identities kept instead of 455,
-pose spread 0.68 of real faces' instead of 0.83). Resumes from OUT/checkpoint
+pose spread 0.68 of real faces' instead of 0.83; --grad-steps K lets the score reach
+only the last K steps, where the layout is already fixed). Resumes from OUT/checkpoint
 unless --restart; the sampling folder is OUT/model (refit its realisation map with
 `generator fit-realisation` before recipes that select by it). About 7 s a step on 2
 cores at the defaults."""
@@ -184,6 +185,7 @@ def cmd_generator_reward_tune(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             identities=args.identities,
             steps=args.sampling_steps,
+            grad_steps=args.grad_steps,
             guidance_scale=args.guidance,
             learning_rate=args.lr,
             follow_weight=args.follow_weight,
@@ -682,6 +684,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     reward.add_argument("--iterations", type=int, default=400, help="steps (default 400)")
     reward.add_argument("--identities", type=int, default=12, help="per step, 2 faces each")
     reward.add_argument("--sampling-steps", type=int, default=8, help="DDIM steps (default 8)")
+    reward.add_argument(
+        "--grad-steps",
+        type=int,
+        default=None,
+        help="differentiate only the last K sampling steps, where a face's layout is "
+        "already fixed (DRaFT-K; default: all)",
+    )
     reward.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default 3)")
     reward.add_argument("--lr", type=float, default=2e-5, help="learning rate (default 2e-5)")
     reward.add_argument(

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from facefoundry import checkpoints
 from facefoundry.errors import UsageError
@@ -71,7 +71,10 @@ class RewardSettings(BaseModel):
 
     iterations: int = Field(400, ge=1)
     identities: int = Field(12, ge=2, description="identities per step, 2 faces each")
-    steps: int = Field(8, ge=1, description="DDIM sampling steps, all differentiated")
+    steps: int = Field(8, ge=1, description="DDIM sampling steps")
+    grad_steps: int | None = Field(
+        None, ge=1, description="differentiate only the last K sampling steps (None: all)"
+    )
     guidance_scale: float = Field(3.0, ge=1.0)
     learning_rate: float = Field(2e-5, gt=0.0)
     follow_weight: float = Field(
@@ -91,6 +94,14 @@ class RewardSettings(BaseModel):
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
 
+    @field_validator("grad_steps")
+    @classmethod
+    def _within_the_sampler(cls, value: int | None, info: ValidationInfo) -> int | None:
+        steps = info.data.get("steps")
+        if value is not None and steps is not None and value > steps:
+            raise ValueError(f"at most the {steps} sampling steps, got {value}")
+        return value
+
 
 def dedup_cosine(checksum: str | None = None) -> float:
     """The SFace cosine at which the filter merges identities (its default ``tau_inter``,
@@ -108,35 +119,54 @@ def ddim_sample(
     noise: torch.Tensor,
     steps: int,
     guidance_scale: float,
+    grad_steps: int | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta 0) with classifier-free guidance, differentiable through
     every model call: diffusers' ``DDIMScheduler`` with trailing timesteps and the last
-    step to x0 (``set_alpha_to_one``), step for step. Follows the prediction type."""
+    step to x0 (``set_alpha_to_one``), step for step. Follows the prediction type.
+    ``grad_steps`` K: only the last K model calls enter the graph (DRaFT-K, Clark et al.
+    2024); the earlier ones run without it, so the reward reaches the low-noise steps
+    alone, where a face's layout is already fixed. Same values either way."""
     total = len(alphas_cumprod)
     times = (np.round(np.arange(total, 0, -total / steps)) - 1).astype(int)
     stride = total // steps
-    kind = model.config.prediction_type
-    rows = len(noise)
-    drop = torch.cat([torch.zeros(rows, dtype=torch.bool), torch.ones(rows, dtype=torch.bool)])
+    outside_graph = len(times) - grad_steps if grad_steps is not None else 0
     x = noise
-    for t in times:
-        a = alphas_cumprod[t]
-        a_prev = alphas_cumprod[t - stride] if t >= stride else a.new_ones(())
-        step = torch.full((2 * rows,), int(t), dtype=torch.long)
-        both = model(torch.cat([x, x]), step, torch.cat([condition, condition]), drop)
-        cond, uncond = both.chunk(2)
-        out = uncond + guidance_scale * (cond - uncond)
-        if kind == "v_prediction":
-            x0 = a.sqrt() * x - (1 - a).sqrt() * out
-            eps = (1 - a).sqrt() * x + a.sqrt() * out
-        elif kind == "epsilon":
-            eps = out
-            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-        else:
-            x0 = out
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    for index, t in enumerate(times):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and index >= outside_graph):
+            x = _ddim_step(model, alphas_cumprod, condition, x, int(t), stride, guidance_scale)
     return x
+
+
+def _ddim_step(
+    model: IDiffFaceModel,
+    alphas_cumprod: torch.Tensor,
+    condition: torch.Tensor,
+    x: torch.Tensor,
+    t: int,
+    stride: int,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """One guided DDIM step from timestep ``t`` to ``t - stride`` (to x0 at the last)."""
+    kind = model.config.prediction_type
+    rows = len(x)
+    drop = torch.cat([torch.zeros(rows, dtype=torch.bool), torch.ones(rows, dtype=torch.bool)])
+    a = alphas_cumprod[t]
+    a_prev = alphas_cumprod[t - stride] if t >= stride else a.new_ones(())
+    step = torch.full((2 * rows,), t, dtype=torch.long)
+    both = model(torch.cat([x, x]), step, torch.cat([condition, condition]), drop)
+    cond, uncond = both.chunk(2)
+    out = uncond + guidance_scale * (cond - uncond)
+    if kind == "v_prediction":
+        x0 = a.sqrt() * x - (1 - a).sqrt() * out
+        eps = (1 - a).sqrt() * x + a.sqrt() * out
+    elif kind == "epsilon":
+        eps = out
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    else:
+        x0 = out
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
 
 
 def shifted(images: torch.Tensor, generator: torch.Generator, pixels: int) -> torch.Tensor:
@@ -245,7 +275,9 @@ class SamplerRewardTuner:
 
     def _draw(self, model: IDiffFaceModel, condition, noise) -> torch.Tensor:
         s = self.settings
-        return ddim_sample(model, self.alphas, condition, noise, s.steps, s.guidance_scale)
+        return ddim_sample(
+            model, self.alphas, condition, noise, s.steps, s.guidance_scale, s.grad_steps
+        )
 
     def _randomness(self, iteration: int):
         """Seeded per iteration, so a resumed run draws what an unbroken one would."""
