@@ -1,0 +1,211 @@
+"""Sampler-time SFace guidance (issue 16, levers 1 and 5): does pulling each sample toward
+its condition *while sampling*, through the differentiable SFace copy, add identities that
+an independent judge also tells apart?
+
+The reward fine-tunes of sessions 40-42 taught the model to follow SFace and cost head
+pose: they could reshape a face's layout. Guidance confined to the low-noise steps cannot
+move the layout any more (it is fixed by then), only the detail that carries identity.
+At each guided step the predicted clean image x0 is moved along the gradient of
+cos(SFace(x0 at 112 px), condition), normalised per sample to an RMS step of ``scale``
+(pixel units of [-1, 1]), and the model output is rewritten to predict that x0 from the
+same noisy image. Optional: the gradient averaged over ``views`` flipped and shifted
+copies and blurred (``blur`` sigma, 32 px pixels), the usual defences against gradients
+a recognizer reads and a person does not.
+
+The filter (SFace) is the guide here, so its kept count can rise for the wrong reason:
+the dlib judge, which never steers, decides. Every row uses the same identities (the
+demo's `fitted` draw, seed 0) and seeds, with the unguided sampler as the first row.
+
+Usage: python benchmarks/bench_sface_guidance.py [--identities 200] [--per-identity 4]
+    [--row SCALE:TMIN-TMAX[:vVIEWS][:bBLUR] ...] [--sampling dpmsolver++:8:3:d1.25@32a]
+Last line: one JSON object, ``rows`` in the order given (the unguided row first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from bench_sampling import SHOWN, Variant, load_variant, real_faces, run_variant
+from common import REPO, finish, machine, save_results
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How hard (RMS step of x0 per guided step), when (tmin <= t <= tmax), how robust."""
+
+    scale: float = 0.0
+    tmin: int = 0
+    tmax: int = 400
+    views: int = 1
+    blur: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Guidance:
+        """SCALE:TMIN-TMAX[:vVIEWS][:bBLUR], e.g. 0.03:0-400 or 0.03:0-400:v4:b1."""
+        scale, window, *rest = text.split(":")
+        tmin, _, tmax = window.partition("-")
+        extra = {"views": 1, "blur": 0.0}
+        for part in rest:
+            if part.startswith("v"):
+                extra["views"] = int(part[1:])
+            elif part.startswith("b"):
+                extra["blur"] = float(part[1:])
+            else:
+                raise SystemExit(f"--row {text!r}: unknown part {part!r} (vVIEWS or bBLUR)")
+        return cls(float(scale), int(tmin), int(tmax), **extra)
+
+    @property
+    def name(self) -> str:
+        if not self.scale:
+            return "unguided"
+        name = f"sface{self.scale:g}@{self.tmin}-{self.tmax}"
+        return (
+            name
+            + (f"v{self.views}" if self.views > 1 else "")
+            + (f"b{self.blur:g}" if self.blur else "")
+        )
+
+
+def view(images: torch.Tensor, index: int) -> torch.Tensor:
+    """View 0 is the image; others are shifted by up to 4 px (at 112) and every odd one
+    mirrored, the same shifts on every call (seeded by the view's index)."""
+    if index == 0:
+        return images
+    generator = torch.Generator().manual_seed(index)
+    dy, dx = (int(v) for v in torch.randint(-4, 5, (2,), generator=generator))
+    size = images.shape[-1]
+    padded = F.pad(images, (4, 4, 4, 4), mode="replicate")
+    shifted = padded[:, :, 4 + dy : 4 + dy + size, 4 + dx : 4 + dx + size]
+    return shifted.flip(3) if index % 2 else shifted
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(3 * sigma + 0.5))
+    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=images.dtype) ** 2) / (2 * sigma**2))
+    taps = taps / taps.sum()
+    channels = images.shape[1]
+    rows = taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    cols = taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    images = F.conv2d(
+        F.pad(images, (radius, radius, 0, 0), mode="replicate"), rows, groups=channels
+    )
+    return F.conv2d(F.pad(images, (0, 0, radius, radius), mode="replicate"), cols, groups=channels)
+
+
+def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
+    """Wrap ``pipe``'s scheduler step so that each guided step pulls x0 toward the batch's
+    conditions. The pipeline predicts v (checked), so x0 = a x - s v and eps = s x + a v."""
+    if pipe.model.config.prediction_type != "v_prediction":
+        raise SystemExit(
+            "SFace guidance here rewrites a v-prediction; this model predicts "
+            f"{pipe.model.config.prediction_type}"
+        )
+    sample_batch, scheduler_step = pipe._sample_batch, pipe._scheduler_step
+    state = {}
+
+    def remember_conditions(identity, *args, **kwargs):
+        state["target"] = F.normalize(identity.float(), dim=1)
+        return sample_batch(identity, *args, **kwargs)
+
+    def guided_step(scheduler, output, t, latents, generators):
+        if guidance.scale and guidance.tmin <= int(t) <= guidance.tmax:
+            signal = scheduler.alphas_cumprod[int(t)].float()
+            a, s = signal.sqrt(), (1 - signal).sqrt()
+            x, v = latents.float(), output.float()
+            x0 = a * x - s * v
+            with torch.enable_grad():
+                pixels = x0.detach().requires_grad_(True)
+                up = F.interpolate(pixels, size=(112, 112), mode="bicubic", align_corners=False)
+                cosines = sum(
+                    (
+                        F.normalize(sface((view(up, i).clamp(-1, 1) + 1) * 127.5), dim=1)
+                        * state["target"]
+                    ).sum(1)
+                    for i in range(guidance.views)
+                )
+                (gradient,) = torch.autograd.grad(cosines.sum(), pixels)
+            if guidance.blur:
+                gradient = gaussian_blur(gradient, guidance.blur)
+            rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
+            x0 = x0 + guidance.scale * gradient / rms
+            eps = (x - a * x0) / s
+            output = (a * eps - s * x0).to(output.dtype)
+        return scheduler_step(scheduler, output, t, latents, generators)
+
+    pipe._sample_batch, pipe._scheduler_step = remember_conditions, guided_step
+    return pipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
+    parser.add_argument("--sampling", default="dpmsolver++:8:3:d1.25@32a")
+    parser.add_argument(
+        "--row",
+        action="append",
+        default=[],
+        help="SCALE:TMIN-TMAX[:vVIEWS][:bBLUR] (repeatable; the unguided row always runs first)",
+    )
+    parser.add_argument("--identities", type=int, default=200)
+    parser.add_argument("--per-identity", type=int, default=4)
+    parser.add_argument("--real-min-photos", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="bench_sface_guidance", help="results file stem")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from facefoundry.evaluation.generator_quality import quality_report
+    from facefoundry.generators.identities import draw_identities
+    from facefoundry.generators.idiff_face.generate import identity_space
+    from facefoundry.generators.idiff_face.model import IDiffFaceModel
+    from facefoundry.generators.settings import IdentitySettings
+    from facefoundry.recognition.sface_torch import load_sface_torch
+
+    rows_wanted = [Guidance()] + [Guidance.parse(text) for text in args.row]
+    started = time.perf_counter()
+    config = IDiffFaceModel.from_pretrained(args.model).config
+    faces, labels = real_faces(
+        args.identities, args.per_identity, config.sample_size, min_images=args.real_min_photos
+    )
+    real = quality_report(faces, labels)
+    print("real 32 px:", {k: real.get(k) for k in SHOWN}, flush=True)
+    draw = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
+    table = draw_identities(draw, 0, identity_space(None, args.model))
+    sface = load_sface_torch().eval().requires_grad_(False)
+    rows = []
+    for guidance in rows_wanted:
+        variant = Variant.parse(f"{guidance.name}={args.model},{args.sampling}", args.model)
+        pipe = guided_pipeline(load_variant(variant), guidance, sface)
+        row = run_variant(pipe, variant, table, args.per_identity, real)
+        row.update(guidance=asdict(guidance))
+        rows.append(row)
+        print(f"{guidance.name}:", {k: row.get(k) for k in SHOWN}, flush=True)
+    keys = ("guidance", "condition_cos", *SHOWN, "img_per_s")
+    figures = {
+        "machine": machine(),
+        "torch_threads": args.threads,
+        "model": args.model,
+        "sampling": rows[0]["sampling"],
+        "identities": args.identities,
+        "per_identity": args.per_identity,
+        "judge": "dlib",
+        "real_min_photos": args.real_min_photos,
+        "real_32": {k: real.get(k) for k in SHOWN if k in real},
+        "rows": [{k: r.get(k) for k in keys} for r in rows],
+        "judge_kept_change": [
+            r["judge_identities_survived"] - rows[0]["judge_identities_survived"] for r in rows
+        ],
+        "sface_kept_change": [
+            r["identities_survived"] - rows[0]["identities_survived"] for r in rows
+        ],
+        "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    save_results(args.name, figures)
+    finish(figures)
+
+
+if __name__ == "__main__":
+    main()
