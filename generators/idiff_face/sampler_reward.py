@@ -6,8 +6,8 @@ identity: the levels where a drawn identity is decided get no identity gradient,
 the model's identities crowd onto ~58 SFace directions whatever that term's weight
 (BENCHMARKS sessions 32-39). Here each step draws faces with a differentiable DDIM
 sampler (the sampling steps and classifier-free guidance of the demo, every model call
-kept in the autograd graph: DRaFT, Clark et al. 2024; AlignProp, Prabhudesai et al.
-2023) and scores the finished faces:
+kept in the autograd graph, or only the last ``grad_steps``: DRaFT, Clark et al. 2024;
+AlignProp, Prabhudesai et al. 2023) and scores the finished faces:
 
 - ``follow``: ``1 - cos(SFace(face), condition)``, each face after a random shift of a
   pixel or two, so a pattern that fools SFace at one alignment earns nothing (weight
@@ -122,7 +122,7 @@ def ddim_sample(
     grad_steps: int | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta 0) with classifier-free guidance, differentiable through
-    every model call: diffusers' ``DDIMScheduler`` with trailing timesteps and the last
+    its model calls: diffusers' ``DDIMScheduler`` with trailing timesteps and the last
     step to x0 (``set_alpha_to_one``), step for step. Follows the prediction type.
     ``grad_steps`` K: only the last K model calls enter the graph (DRaFT-K, Clark et al.
     2024); the earlier ones run without it, so the reward's gradient reaches only the
