@@ -8,16 +8,15 @@ move the layout any more (it is fixed by then), only the detail that carries ide
 At each guided step the predicted clean image x0 is moved along the gradient of
 cos(SFace(x0 at 112 px), condition), normalised per sample to an RMS step of ``scale``
 (pixel units of [-1, 1]), and the model output is rewritten to predict that x0 from the
-same noisy image. Optional: the gradient averaged over ``views`` flipped and shifted
-copies and blurred (``blur`` sigma, 32 px pixels), the usual defences against gradients
-a recognizer reads and a person does not.
+same noisy image. Optional: the gradient averaged over ``views`` shifted and mirrored
+copies, the usual defence against gradients a recognizer reads and a person does not.
 
 The filter (SFace) is the guide here, so its kept count can rise for the wrong reason:
 the dlib judge, which never steers, decides. Every row uses the same identities (the
 demo's `fitted` draw, seed 0) and seeds, with the unguided sampler as the first row.
 
 Usage: python benchmarks/bench_sface_guidance.py [--identities 200] [--per-identity 4]
-    [--row SCALE:TMIN-TMAX[:vVIEWS][:bBLUR] ...] [--sampling dpmsolver++:8:3:d1.25@32a]
+    [--row SCALE:TMIN-TMAX[:vVIEWS] ...] [--sampling dpmsolver++:8:3:d1.25@32a]
 Last line: one JSON object, ``rows`` in the order given (the unguided row first).
 """
 
@@ -32,6 +31,8 @@ import torch.nn.functional as F
 from bench_sampling import SHOWN, Variant, load_variant, real_faces, run_variant
 from common import REPO, finish, machine, save_results
 
+from facefoundry.generators.idiff_face.sampler_reward import shifted
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -41,70 +42,47 @@ class Guidance:
     tmin: int = 0
     tmax: int = 400
     views: int = 1
-    blur: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> Guidance:
-        """SCALE:TMIN-TMAX[:vVIEWS][:bBLUR], e.g. 0.03:0-400 or 0.03:0-400:v4:b1."""
+        """SCALE:TMIN-TMAX[:vVIEWS], e.g. 0.02:0-400 or 0.03:0-400:v2."""
         scale, window, *rest = text.split(":")
         tmin, _, tmax = window.partition("-")
-        extra = {"views": 1, "blur": 0.0}
+        views = 1
         for part in rest:
-            if part.startswith("v"):
-                extra["views"] = int(part[1:])
-            elif part.startswith("b"):
-                extra["blur"] = float(part[1:])
-            else:
-                raise SystemExit(f"--row {text!r}: unknown part {part!r} (vVIEWS or bBLUR)")
-        return cls(float(scale), int(tmin), int(tmax), **extra)
+            if not part.startswith("v"):
+                raise SystemExit(f"--row {text!r}: unknown part {part!r} (vVIEWS)")
+            views = int(part[1:])
+        return cls(float(scale), int(tmin), int(tmax), views)
 
     @property
     def name(self) -> str:
         if not self.scale:
             return "unguided"
         name = f"sface{self.scale:g}@{self.tmin}-{self.tmax}"
-        return (
-            name
-            + (f"v{self.views}" if self.views > 1 else "")
-            + (f"b{self.blur:g}" if self.blur else "")
-        )
+        return name + (f"v{self.views}" if self.views > 1 else "")
 
 
 def view(images: torch.Tensor, index: int) -> torch.Tensor:
-    """View 0 is the image; others are shifted by up to 4 px (at 112) and every odd one
-    mirrored, the same shifts on every call (seeded by the view's index)."""
+    """View 0 is the image; the others are shifted by up to 4 px (at 112, reflect-padded)
+    and every odd one mirrored, the same on every call."""
     if index == 0:
         return images
-    generator = torch.Generator().manual_seed(index)
-    dy, dx = (int(v) for v in torch.randint(-4, 5, (2,), generator=generator))
-    size = images.shape[-1]
-    padded = F.pad(images, (4, 4, 4, 4), mode="replicate")
-    shifted = padded[:, :, 4 + dy : 4 + dy + size, 4 + dx : 4 + dx + size]
-    return shifted.flip(3) if index % 2 else shifted
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(3 * sigma + 0.5))
-    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=images.dtype) ** 2) / (2 * sigma**2))
-    taps = taps / taps.sum()
-    channels = images.shape[1]
-    rows = taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    cols = taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    images = F.conv2d(
-        F.pad(images, (radius, radius, 0, 0), mode="replicate"), rows, groups=channels
-    )
-    return F.conv2d(F.pad(images, (0, 0, radius, radius), mode="replicate"), cols, groups=channels)
+    moved = shifted(images, torch.Generator().manual_seed(index), 4)
+    return moved.flip(3) if index % 2 else moved
 
 
 def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
     """Wrap ``pipe``'s scheduler step so that each guided step pulls x0 toward the batch's
-    conditions. The pipeline predicts v (checked), so x0 = a x - s v and eps = s x + a v."""
+    conditions (wrapping again replaces the last wrap: one pipeline serves every row). The
+    pipeline predicts v (checked), so x0 = a x - s v and eps = s x + a v."""
     if pipe.model.config.prediction_type != "v_prediction":
         raise SystemExit(
             "SFace guidance here rewrites a v-prediction; this model predicts "
             f"{pipe.model.config.prediction_type}"
         )
-    sample_batch, scheduler_step = pipe._sample_batch, pipe._scheduler_step
+    sample_batch = type(pipe)._sample_batch.__get__(pipe)
+    scheduler_step = type(pipe)._scheduler_step.__get__(pipe)
     state = {}
 
     def remember_conditions(identity, *args, **kwargs):
@@ -128,8 +106,6 @@ def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
                     for i in range(guidance.views)
                 )
                 (gradient,) = torch.autograd.grad(cosines.sum(), pixels)
-            if guidance.blur:
-                gradient = gaussian_blur(gradient, guidance.blur)
             rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
             x0 = x0 + guidance.scale * gradient / rms
             eps = (x - a * x0) / s
@@ -175,10 +151,12 @@ def main() -> None:
     draw = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
     table = draw_identities(draw, 0, identity_space(None, args.model))
     sface = load_sface_torch().eval().requires_grad_(False)
-    rows = []
+    rows, pipe = [], None
     for guidance in rows_wanted:
         variant = Variant.parse(f"{guidance.name}={args.model},{args.sampling}", args.model)
-        pipe = guided_pipeline(load_variant(variant), guidance, sface)
+        if pipe is None:  # one pipeline for every row: the sampling is the same
+            pipe = load_variant(variant)
+        guided_pipeline(pipe, guidance, sface)
         row = run_variant(pipe, variant, table, args.per_identity, real)
         row.update(guidance=asdict(guidance))
         rows.append(row)
