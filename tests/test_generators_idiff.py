@@ -203,11 +203,13 @@ def test_a_time_budgeted_run_replans_its_schedule_to_end_on_time(tmp_path):
     assert unplanned.settings.steps == 100_000  # without it, max_seconds only stops
 
 
-def test_same_seed_same_image_and_any_image_regenerates_alone():
+@pytest.mark.parametrize("scheduler", ["dpmsolver++", "sde-dpmsolver++"])
+def test_same_seed_same_image_and_any_image_regenerates_alone(scheduler):
     """To the byte, and the model's last output to the bit: on CPU every model call has one
-    shape, whatever the batch (PyTorch picks CPU kernels by batch size)."""
+    shape, whatever the batch (PyTorch picks CPU kernels by batch size); the stochastic
+    solver draws its fresh noise from each image's own generator."""
     torch.manual_seed(0)
-    pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), "dpmsolver++", device="cpu")
+    pipeline = IDiffFacePipeline(IDiffFaceModel(tiny_config()), scheduler, device="cpu")
     outputs = []
     pipeline.model.register_forward_hook(lambda module, args, output: outputs.append(output))
     identities = np.random.default_rng(1).standard_normal((3, 12)).astype(np.float32)
@@ -224,6 +226,9 @@ def test_same_seed_same_image_and_any_image_regenerates_alone():
         assert np.array_equal(pipeline(identities, [7, 8, 9], steps=5, batch_size=batch_size), a)
     other = pipeline(identities, [7, 8, 10], steps=5)
     assert not np.array_equal(other[2], a[2])
+    if scheduler.startswith("sde"):  # the fresh noise is really drawn
+        ode = IDiffFacePipeline(pipeline.model, "dpmsolver++", device="cpu")
+        assert not np.array_equal(ode(identities, [7, 8, 9], steps=5), a)
 
 
 def test_guidance_and_reference_ddpm_sampler_run():

@@ -735,7 +735,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--out", required=True, help="folder for part-NNNNN.tar/.parquet")
     sample.add_argument("--per-identity", type=positive_int, default=8, help="images per identity")
     sample.add_argument(
-        "--scheduler", default="dpmsolver++", choices=["dpmsolver++", "unipc", "ddim", "ddpm"]
+        "--scheduler",
+        default="dpmsolver++",
+        choices=["dpmsolver++", "sde-dpmsolver++", "unipc", "ddim", "ddpm"],
     )
     sample.add_argument("--steps", type=positive_int, default=25, help="denoising steps")
     sample.add_argument(
@@ -775,7 +777,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit_map.add_argument("--seed", type=int, default=None, help="default: the calibration seed")
     fit_map.add_argument("--ridge", type=float, default=1.0, help="ridge penalty")
     fit_map.add_argument(
-        "--scheduler", default="dpmsolver++", choices=["dpmsolver++", "unipc", "ddim", "ddpm"]
+        "--scheduler",
+        default="dpmsolver++",
+        choices=["dpmsolver++", "sde-dpmsolver++", "unipc", "ddim", "ddpm"],
     )
     fit_map.add_argument("--steps", type=positive_int, default=8)
     fit_map.add_argument("--guidance", type=float, default=3.0)

@@ -27,7 +27,7 @@ class IDiffFaceSettings(GeneratorSettings):
 
     family: Literal["idiff_face"] = "idiff_face"
     model: str = Field("models/idiff-face-lfw", description="IDiff-Face model folder")
-    scheduler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
+    scheduler: Literal["dpmsolver++", "sde-dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
     steps: int = Field(25, ge=1)
     guidance_scale: float = Field(1.0, ge=0.0)
     guidance_interval: tuple[int, int] | None = Field(
