@@ -42,25 +42,30 @@ class Guidance:
     tmin: int = 0
     tmax: int = 400
     views: int = 1
+    blur: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> Guidance:
-        """SCALE:TMIN-TMAX[:vVIEWS], e.g. 0.02:0-400 or 0.03:0-400:v2."""
+        """SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA], e.g. 0.02:0-400, 0.03:0-400:v2, 0.02:0-400:b1."""
         scale, window, *rest = text.split(":")
         tmin, _, tmax = window.partition("-")
-        views = 1
+        views, blur = 1, 0.0
         for part in rest:
-            if not part.startswith("v"):
-                raise SystemExit(f"--row {text!r}: unknown part {part!r} (vVIEWS)")
-            views = int(part[1:])
-        return cls(float(scale), int(tmin), int(tmax), views)
+            if part.startswith("v"):
+                views = int(part[1:])
+            elif part.startswith("b"):
+                blur = float(part[1:])
+            else:
+                raise SystemExit(f"--row {text!r}: unknown part {part!r} (vVIEWS or bSIGMA)")
+        return cls(float(scale), int(tmin), int(tmax), views, blur)
 
     @property
     def name(self) -> str:
         if not self.scale:
             return "unguided"
-        name = f"sface{self.scale:g}@{self.tmin}-{self.tmax}"
-        return name + (f"v{self.views}" if self.views > 1 else "")
+        name = f"guide{self.scale:g}@{self.tmin}-{self.tmax}"
+        name += f"v{self.views}" if self.views > 1 else ""
+        return name + (f"b{self.blur:g}" if self.blur else "")
 
 
 def view(images: torch.Tensor, index: int) -> torch.Tensor:
@@ -70,6 +75,22 @@ def view(images: torch.Tensor, index: int) -> torch.Tensor:
         return images
     moved = shifted(images, torch.Generator().manual_seed(index), 4)
     return moved.flip(3) if index % 2 else moved
+
+
+def low_pass(gradient: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The gradient blurred by a Gaussian of ``sigma`` pixels (at the sample size,
+    reflect-padded): only changes a face's coarse structure carries are left, where
+    a recognizer's adversarial directions are fine detail."""
+    if not sigma:
+        return gradient
+    radius = max(1, int(3 * sigma + 0.5))
+    taps = torch.exp(-(torch.arange(-radius, radius + 1).float() ** 2) / (2 * sigma**2))
+    taps = (taps / taps.sum()).to(gradient)
+    channels = gradient.shape[1]
+    rows = taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    padded = F.pad(gradient, (radius, radius, radius, radius), mode="reflect")
+    blurred = F.conv2d(padded, rows, groups=channels)
+    return F.conv2d(blurred, rows.transpose(2, 3), groups=channels)
 
 
 def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
@@ -106,6 +127,7 @@ def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
                     for i in range(guidance.views)
                 )
                 (gradient,) = torch.autograd.grad(cosines.sum(), pixels)
+            gradient = low_pass(gradient, guidance.blur)
             rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
             x0 = x0 + guidance.scale * gradient / rms
             eps = (x - a * x0) / s
@@ -124,7 +146,8 @@ def main() -> None:
         "--row",
         action="append",
         default=[],
-        help="SCALE:TMIN-TMAX[:vVIEWS][:bBLUR] (repeatable; the unguided row always runs first)",
+        help="SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA] (repeatable; the unguided row always runs "
+        "first; bSIGMA: the gradient blurred by SIGMA pixels at the sample size)",
     )
     parser.add_argument("--identities", type=int, default=200)
     parser.add_argument("--per-identity", type=int, default=4)
