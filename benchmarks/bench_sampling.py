@@ -465,13 +465,19 @@ def spread(values: list[float], digits: int = 3) -> dict:
     }
 
 
-def run_variant(pipe, variant: Variant, table, per_id: int, reference: dict | None) -> dict:
-    from facefoundry.evaluation.generator_quality import quality_report
+def run_variant(
+    pipe, variant: Variant, table, per_id: int, reference: dict | None, third_judge: str = ""
+) -> dict:
+    """The quality report of one variant's draw (plus ``third_*`` keys when a third judge,
+    an ``onnx:PATH`` recognizer that neither steers nor filters, is given)."""
+    from facefoundry.evaluation.generator_quality import quality_report, third_judge_figures
 
     started = time.perf_counter()
     images, identity_of, vectors = draw(pipe, variant, table, per_id)
     seconds = time.perf_counter() - started
     report = quality_report(images, identity_of, vectors, reference)
+    if third_judge:
+        report.update(third_judge_figures(images, identity_of, third_judge))
     rate = len(images) / seconds
     report.update(
         {

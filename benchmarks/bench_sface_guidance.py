@@ -33,6 +33,8 @@ from common import REPO, finish, machine, save_results
 
 from facefoundry.generators.idiff_face.sampler_reward import shifted
 
+THIRD = ("third_judge", "third_identities_survived", "third_gap", "third_eer")
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -149,6 +151,13 @@ def main() -> None:
         help="SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA] (repeatable; the unguided row always runs "
         "first; bSIGMA: the gradient blurred by SIGMA pixels at the sample size)",
     )
+    parser.add_argument(
+        "--third-judge",
+        default="",
+        help="onnx:PATH: a recognizer of ours that neither steers nor filters; adds "
+        "third_identities_survived / third_gap / third_eer to every row and the real row "
+        "(needs `facefoundry calibrate --embedder onnx:PATH` first)",
+    )
     parser.add_argument("--identities", type=int, default=200)
     parser.add_argument("--per-identity", type=int, default=4)
     parser.add_argument("--real-min-photos", type=int, default=2)
@@ -156,7 +165,7 @@ def main() -> None:
     parser.add_argument("--name", default="bench_sface_guidance", help="results file stem")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from facefoundry.evaluation.generator_quality import quality_report
+    from facefoundry.evaluation.generator_quality import quality_report, third_judge_figures
     from facefoundry.generators.identities import draw_identities
     from facefoundry.generators.idiff_face.generate import identity_space
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
@@ -170,7 +179,10 @@ def main() -> None:
         args.identities, args.per_identity, config.sample_size, min_images=args.real_min_photos
     )
     real = quality_report(faces, labels)
-    print("real 32 px:", {k: real.get(k) for k in SHOWN}, flush=True)
+    if args.third_judge:
+        real.update(third_judge_figures(faces, labels, args.third_judge))
+    shown = (*SHOWN, *THIRD) if args.third_judge else SHOWN
+    print("real 32 px:", {k: real.get(k) for k in shown}, flush=True)
     draw = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
     table = draw_identities(draw, 0, identity_space(None, args.model))
     sface = load_sface_torch().eval().requires_grad_(False)
@@ -180,11 +192,11 @@ def main() -> None:
         if pipe is None:  # one pipeline for every row: the sampling is the same
             pipe = load_variant(variant)
         guided_pipeline(pipe, guidance, sface)
-        row = run_variant(pipe, variant, table, args.per_identity, real)
+        row = run_variant(pipe, variant, table, args.per_identity, real, args.third_judge)
         row.update(guidance=asdict(guidance))
         rows.append(row)
-        print(f"{guidance.name}:", {k: row.get(k) for k in SHOWN}, flush=True)
-    keys = ("guidance", "condition_cos", *SHOWN, "img_per_s")
+        print(f"{guidance.name}:", {k: row.get(k) for k in shown}, flush=True)
+    keys = ("guidance", "condition_cos", *shown, "img_per_s")
     figures = {
         "machine": machine(),
         "torch_threads": args.threads,
@@ -194,7 +206,7 @@ def main() -> None:
         "per_identity": args.per_identity,
         "judge": "dlib",
         "real_min_photos": args.real_min_photos,
-        "real_32": {k: real.get(k) for k in SHOWN if k in real},
+        "real_32": {k: real.get(k) for k in shown if k in real},
         "rows": [{k: r.get(k) for k in keys} for r in rows],
         "judge_kept_change": [
             r["judge_identities_survived"] - rows[0]["judge_identities_survived"] for r in rows
@@ -202,6 +214,11 @@ def main() -> None:
         "sface_kept_change": [
             r["identities_survived"] - rows[0]["identities_survived"] for r in rows
         ],
+        "third_kept_change": [
+            r["third_identities_survived"] - rows[0]["third_identities_survived"] for r in rows
+        ]
+        if args.third_judge
+        else None,
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
     save_results(args.name, figures)

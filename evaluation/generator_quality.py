@@ -143,6 +143,25 @@ def judge_identities_survived(faces: EmbeddedFaces, settings=None) -> int:
     return identities_survived(faces, swapped)["identities_survived"]
 
 
+def third_judge_figures(images: np.ndarray, identity: np.ndarray, embedder: str) -> dict:
+    """Kept identities (the filter's rules with ``embedder`` deciding at its own calibrated
+    thresholds) and that embedder's gap and EER: for a judge that neither steers nor
+    filters, e.g. our own recognizer exported as ``onnx:PATH``. Keys ``third_*``."""
+    from facefoundry.filters.settings import FilterSettings
+
+    faces = embed_generated(images, identity, embedders=(embedder,))
+    (name,) = faces.vectors
+    other = JUDGE_EMBEDDER if name == FILTER_EMBEDDER else FILTER_EMBEDDER  # unused by the rules
+    settings = FilterSettings(embedder=embedder, judge_embedder=other, min_samples=2)
+    figures = {
+        "third_judge": name,
+        "third_identities_survived": identities_survived(faces, settings)["identities_survived"],
+    }
+    separated = judge_figures(faces, name)
+    figures.update({f"third_{k.removeprefix('judge_')}": v for k, v in separated.items()})
+    return figures
+
+
 def condition_cos(faces: EmbeddedFaces, conditions: np.ndarray) -> float:
     """Mean cosine between each detected face's filter embedding and its own condition."""
     vectors = faces.vectors[FILTER_EMBEDDER]
