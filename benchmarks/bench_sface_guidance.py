@@ -9,14 +9,20 @@ At each guided step the predicted clean image x0 is moved along the gradient of
 cos(SFace(x0 at 112 px), condition), normalised per sample to an RMS step of ``scale``
 (pixel units of [-1, 1]), and the model output is rewritten to predict that x0 from the
 same noisy image. Optional: the gradient averaged over ``views`` shifted and mirrored
-copies, the usual defence against gradients a recognizer reads and a person does not.
+copies, the usual defence against gradients a recognizer reads and a person does not, or
+blurred by ``bSIGMA`` pixels so that only coarse changes are left.
 
 The filter (SFace) is the guide here, so its kept count can rise for the wrong reason:
-the dlib judge, which never steers, decides. Every row uses the same identities (the
-demo's `fitted` draw, seed 0) and seeds, with the unguided sampler as the first row.
+the dlib judge, which never steers, decides, and ``--third-judge onnx:PATH`` adds our own
+32 px recognizer (``train_32px_judge.py``), which sees identity at 32 px where dlib is
+weak. Measured (BENCHMARKS.md, sessions 43-44): scale 0.02 adds 25 of 200 by SFace, 4-6
+by dlib and removes 5 by the third judge; blurring the push only weakens it. Every row
+uses the same identities (the demo's `fitted` draw, seed 0) and seeds, with the unguided
+sampler as the first row.
 
 Usage: python benchmarks/bench_sface_guidance.py [--identities 200] [--per-identity 4]
-    [--row SCALE:TMIN-TMAX[:vVIEWS] ...] [--sampling dpmsolver++:8:3:d1.25@32a]
+    [--row SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA] ...] [--sampling dpmsolver++:8:3:d1.25@32a]
+    [--third-judge onnx:PATH]
 Last line: one JSON object, ``rows`` in the order given (the unguided row first).
 """
 

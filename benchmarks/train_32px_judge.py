@@ -1,0 +1,119 @@
+"""A third judge for 32 px faces (issue 16): a recognizer of ours that never steers the
+generator and never filters its output, trained on real faces as a 32 px generator shows
+them, so that it can tell whether a lever adds identities or only fools the filter's
+SFace (and dlib, weak at 32 px, keeps fewer real people than synthetic ones).
+
+Recipe: bench_train's (mbf_small, 128-d, CosFace s 32 m 0.35, SGD 0.1 with one warm-up
+epoch then cosine, batch 128, flips) on LFW DevTrain's aligned faces shrunk to 32 px and
+enlarged back to 112 px, as ``bench_sampling.real_faces`` and the generator's output are.
+The 200 people ``real_faces(200, 4, 32, min_images=2)`` takes as the real reference are
+left out, so that reference is people the judge never saw. Exports ONNX for the
+``onnx:PATH`` embedder; then calibrate it (`facefoundry calibrate --embedder onnx:PATH`)
+and pass ``--third-judge onnx:PATH`` to bench_sface_guidance.py.
+
+Usage: python benchmarks/train_32px_judge.py [--out runs/judge32.onnx] [--epochs 8]
+Last line: one JSON object (faces, people, epochs, losses, ONNX parity, minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+from bench_sampling import real_faces
+from common import REPO, finish, machine, save_results
+
+
+def held_out_people(labels: np.ndarray, people: int = 200, min_images: int = 2) -> set[int]:
+    """The people ``real_faces(people, ..., min_images=min_images)`` draws (seed 0)."""
+    counts = np.bincount(labels)
+    eligible = np.flatnonzero(counts >= min_images)
+    return set(np.random.default_rng(0).choice(eligible, size=people, replace=False).tolist())
+
+
+def cosine_lr(step: int, total: int, epochs: int, peak: float = 0.1) -> float:
+    """One linear warm-up epoch, then a cosine to zero over the rest."""
+    progress = step / total * epochs
+    if progress < 1:
+        return peak * progress
+    return peak * 0.5 * (1 + math.cos(math.pi * (progress - 1) / max(epochs - 1, 1)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(REPO / "runs" / "judge32.onnx"))
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    import cv2
+
+    from facefoundry.evaluation.variety import shrink_to
+    from facefoundry.generators.training_data import FaceTrainingSet
+    from facefoundry.recognition.backbones import get_model
+    from facefoundry.recognition.export import export_onnx, onnx_parity
+    from facefoundry.recognition.losses import MarginHead, cosface
+
+    started = time.perf_counter()
+    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
+    labels = np.asarray(data.labels)
+    held = held_out_people(labels)
+    _, check = real_faces(200, 4, 32, min_images=2)
+    if not set(np.unique(check).tolist()) <= held:
+        raise SystemExit("the held-out people are not bench_sampling.real_faces' reference")
+    keep = np.array([label not in held for label in labels])
+    enlarged = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[keep]]
+    faces = shrink_to(np.stack(enlarged), 32)
+    _, classes = np.unique(labels[keep], return_inverse=True)
+    print(f"{len(faces)} faces of {classes.max() + 1} people", flush=True)
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(classes)
+    backbone = get_model("mbf_small", num_features=128)
+    head = MarginHead(int(y.max()) + 1, 128, cosface(32.0, 0.35))
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    batch = 128
+    total = args.epochs * (len(x) // batch)
+    generator = torch.Generator().manual_seed(0)
+    step, losses = 0, []
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x) - batch + 1, batch):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, total, args.epochs)
+            rows = order[start : start + batch]
+            images = x[rows].float().div(127.5).sub(1)
+            flip = torch.rand(batch, generator=generator) < 0.5
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+            loss = head(backbone(images), y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            optimizer.step()
+            step += 1
+        losses.append(round(float(loss.detach()), 2))
+        print(f"epoch {epoch + 1}: loss {losses[-1]}", flush=True)
+    backbone.eval()
+    path = export_onnx(backbone, args.out)
+    figures = {
+        "machine": machine(),
+        "torch_threads": args.threads,
+        "out": str(path),
+        "faces": len(faces),
+        "people": int(y.max()) + 1,
+        "held_out_people": len(held),
+        "epochs": args.epochs,
+        "last_batch_loss_per_epoch": losses,
+        "onnx_parity": round(onnx_parity(backbone, path, faces[:64].copy()), 6),
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    save_results("train_32px_judge", figures)
+    finish(figures)
+
+
+if __name__ == "__main__":
+    main()
