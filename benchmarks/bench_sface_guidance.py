@@ -16,7 +16,8 @@ The filter (SFace) is the guide here, so its kept count can rise for the wrong r
 the dlib judge, which never steers, decides, and ``--third-judge onnx:PATH`` adds our own
 32 px recognizer (``train_32px_judge.py``), which sees identity at 32 px where dlib is
 weak. Measured (BENCHMARKS.md, sessions 43-44): scale 0.02 adds 25 of 200 by SFace, 4-6
-by dlib and removes 5 by the third judge; blurring the push only weakens it. Every row
+by dlib, and -5 or +6 by two third judges trained alike (inside their own spread);
+blurring the push only weakens it. Every row
 uses the same identities (the demo's `fitted` draw, seed 0) and seeds, with the unguided
 sampler as the first row.
 
