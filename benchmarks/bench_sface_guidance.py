@@ -17,9 +17,8 @@ the dlib judge, which never steers, decides, and ``--third-judge onnx:PATH`` add
 32 px recognizer (``train_32px_judge.py``), which sees identity at 32 px where dlib is
 weak. Measured (BENCHMARKS.md, sessions 43-44): scale 0.02 adds 25 of 200 by SFace, 4-6
 by dlib, and -5 or +6 by two third judges trained alike (inside their own spread);
-blurring the push only weakens it. Every row
-uses the same identities (the demo's `fitted` draw, seed 0) and seeds, with the unguided
-sampler as the first row.
+blurring the push only weakens it. Every row uses the same identities (the demo's
+`fitted` draw, seed 0) and seeds, with the unguided sampler as the first row.
 
 Usage: python benchmarks/bench_sface_guidance.py [--identities 200] [--per-identity 4]
     [--row SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA] ...] [--sampling dpmsolver++:8:3:d1.25@32a]
