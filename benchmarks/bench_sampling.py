@@ -470,14 +470,12 @@ def run_variant(
 ) -> dict:
     """The quality report of one variant's draw (plus ``third_*`` keys when a third judge,
     an ``onnx:PATH`` recognizer that neither steers nor filters, is given)."""
-    from facefoundry.evaluation.generator_quality import quality_report, third_judge_figures
+    from facefoundry.evaluation.generator_quality import quality_report
 
     started = time.perf_counter()
     images, identity_of, vectors = draw(pipe, variant, table, per_id)
     seconds = time.perf_counter() - started
-    report = quality_report(images, identity_of, vectors, reference)
-    if third_judge:
-        report.update(third_judge_figures(images, identity_of, third_judge))
+    report = quality_report(images, identity_of, vectors, reference, third_judge=third_judge)
     rate = len(images) / seconds
     report.update(
         {

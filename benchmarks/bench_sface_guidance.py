@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--name", default="bench_sface_guidance", help="results file stem")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from facefoundry.evaluation.generator_quality import quality_report, third_judge_figures
+    from facefoundry.evaluation.generator_quality import quality_report
     from facefoundry.generators.identities import draw_identities
     from facefoundry.generators.idiff_face.generate import identity_space
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
@@ -184,9 +184,7 @@ def main() -> None:
     faces, labels = real_faces(
         args.identities, args.per_identity, config.sample_size, min_images=args.real_min_photos
     )
-    real = quality_report(faces, labels)
-    if args.third_judge:
-        real.update(third_judge_figures(faces, labels, args.third_judge))
+    real = quality_report(faces, labels, third_judge=args.third_judge)
     shown = (*SHOWN, *THIRD) if args.third_judge else SHOWN
     print("real 32 px:", {k: real.get(k) for k in shown}, flush=True)
     draw = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)

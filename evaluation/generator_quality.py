@@ -143,14 +143,14 @@ def judge_identities_survived(faces: EmbeddedFaces, settings=None) -> int:
     return identities_survived(faces, swapped)["identities_survived"]
 
 
-def third_judge_figures(images: np.ndarray, identity: np.ndarray, embedder: str) -> dict:
+def third_judge_figures(faces: EmbeddedFaces, embedder: str) -> dict:
     """Kept identities (the filter's rules with ``embedder`` deciding at its own calibrated
     thresholds) and that embedder's gap and EER: for a judge that neither steers nor
     filters, e.g. our own recognizer exported as ``onnx:PATH``. Keys ``third_*``."""
+    from facefoundry.filters.samples import embedder_name
     from facefoundry.filters.settings import FilterSettings
 
-    faces = embed_generated(images, identity, embedders=(embedder,))
-    (name,) = faces.vectors
+    name = embedder_name(embedder)
     other = JUDGE_EMBEDDER if name == FILTER_EMBEDDER else FILTER_EMBEDDER  # unused by the rules
     settings = FilterSettings(embedder=embedder, judge_embedder=other, min_samples=2)
     figures = {
@@ -244,12 +244,18 @@ def quality_report(
     conditions: np.ndarray | None = None,
     reference: dict | None = None,
     filter_settings=None,
+    third_judge: str = "",
 ) -> dict:
     """Every figure of the module docstring for one set of images; ``reference`` is this
-    function's result on real faces (its ``variety`` entry supplies the spread ratios)."""
+    function's result on real faces (its ``variety`` entry supplies the spread ratios).
+    ``third_judge`` (an embedder spec, e.g. ``onnx:PATH``) adds its ``third_*`` figures,
+    from the same detection pass."""
     from facefoundry.evaluation.variety import variety_report
 
-    faces = embed_generated(images, identity)
+    embedders = (FILTER_EMBEDDER, JUDGE_EMBEDDER)
+    if third_judge and third_judge not in embedders:
+        embedders += (third_judge,)
+    faces = embed_generated(images, identity, embedders)
     report = {
         "images": int(len(images)),
         "face_rate": float(faces.found.mean()),
@@ -258,6 +264,8 @@ def quality_report(
         **judge_figures(faces),
         "identity_dimensions": identity_dimensions(faces),
     }
+    if third_judge:
+        report.update(third_judge_figures(faces, third_judge))
     if conditions is not None:
         report["condition_cos"] = condition_cos(faces, conditions)
         _, first = np.unique(identity, return_index=True)
