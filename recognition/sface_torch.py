@@ -7,7 +7,9 @@ onnx2torch / onnx2pytorch are not used: they import torchvision, which does not
 work beside our CPU torch.
 
 The folded graph uses exactly these ops: Sub, Mul, Conv, BatchNormalization, PRelu,
-Identity (the former Dropout), Flatten and Gemm. Anything else raises ``ValueError``.
+Identity (the former Dropout), Flatten and Gemm. Our own exported recognizers
+(``recognition.export``) add Add (residuals) and MatMul (the embedding layer), so the
+same module runs them too (``load_onnx_torch``). Anything else raises ``ValueError``.
 
 Input (what ``faces.embedders.SFaceEmbedder`` feeds OpenCV): ArcFace-template aligned
 faces, 112 x 112, **RGB**, float values **0..255**, NCHW. No scaling or mean outside
@@ -39,9 +41,10 @@ logger = logging.getLogger(__name__)
 
 INPUT_SIZE = 112
 EMBEDDING_DIM = 128
-SUPPORTED_OPS = frozenset(
+SFACE_OPS = frozenset(
     {"Conv", "BatchNormalization", "PRelu", "Gemm", "Flatten", "Mul", "Sub", "Identity"}
 )
+SUPPORTED_OPS = SFACE_OPS | {"Add", "MatMul"}
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -102,7 +105,7 @@ class OnnxGraphModule(torch.nn.Module):
         unsupported = sorted({n.op_type for n in graph.node} - SUPPORTED_OPS)
         if unsupported:
             raise ValueError(
-                f"ONNX ops {unsupported} are not supported by the SFace torch converter "
+                f"ONNX ops {unsupported} are not supported by the torch converter "
                 f"(it knows {sorted(SUPPORTED_OPS)})"
             )
         self._buffer_names: dict[str, str] = {}
@@ -148,6 +151,10 @@ class OnnxGraphModule(torch.nn.Module):
                 out = args[0] * args[1]
             elif op == "Sub":
                 out = args[0] - args[1]
+            elif op == "Add":
+                out = args[0] + args[1]
+            elif op == "MatMul":
+                out = args[0] @ args[1]
             elif op == "Identity":
                 out = args[0]
             else:  # pragma: no cover - rejected in __init__
@@ -181,6 +188,13 @@ def load_sface_torch() -> torch.nn.Module:
         logger.warning("cannot read %s; folding SFace in memory", path)
         model = fold_constant_weights(onnx.load(str(SFACE.verified_path())))
     return OnnxGraphModule(model).eval()
+
+
+def load_onnx_torch(path: str | Path) -> torch.nn.Module:
+    """A float32 recognition ONNX of ours (``recognition.export``) as a torch module in
+    eval mode, differentiable like SFace's copy: N x 3 x H x W RGB in [-1, 1] -> raw
+    features (its graph does no scaling of its own)."""
+    return OnnxGraphModule(onnx.load(str(path))).eval()
 
 
 def preprocess(faces_uint8_rgb_nhwc: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,10 @@ def sface_torch():
 
 
 def test_graph_uses_only_supported_ops(sface_torch):
-    from facefoundry.recognition.sface_torch import SUPPORTED_OPS
+    from facefoundry.recognition.sface_torch import SFACE_OPS
 
     ops = {op for op, *_ in sface_torch._nodes}
-    assert ops == SUPPORTED_OPS
+    assert ops == SFACE_OPS
     assert not any(p.requires_grad for p in sface_torch.parameters())
 
 
@@ -100,3 +100,29 @@ def test_per_channel_prelu_equals_the_onnx_formula_with_its_gradient():
     (plain * weights).sum().backward()
     nonzero = x != 0  # at exactly 0 the subgradient is a convention; elsewhere it is not
     assert torch.equal(fast_input.grad[nonzero], plain_input.grad[nonzero])
+
+
+def test_runs_our_own_exported_recognizer_like_onnxruntime(aligned_faces, tmp_path):
+    """An exported mbf_small (residual Add, MatMul embedding) runs as a torch module with
+    onnxruntime's embeddings and passes gradients to the pixels."""
+    import onnxruntime as ort
+
+    from facefoundry.recognition.backbones import get_model
+    from facefoundry.recognition.export import export_onnx
+    from facefoundry.recognition.sface_torch import SFACE_OPS, load_onnx_torch, normalise
+
+    torch.manual_seed(0)
+    path = export_onnx(get_model("mbf_small", num_features=128), tmp_path / "mbf.onnx")
+    module = load_onnx_torch(path)
+    assert {"Add", "MatMul"} <= {op for op, *_ in module._nodes} - SFACE_OPS
+    x = torch.from_numpy(aligned_faces[:4]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    pixels = x.clone().requires_grad_(True)
+    features = module(pixels)
+    cosine = (
+        normalise(features).detach().numpy() * normalise(torch.from_numpy(reference)).numpy()
+    ).sum(1)
+    assert cosine.min() >= 0.9999, cosine
+    normalise(features)[:, 0].sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
