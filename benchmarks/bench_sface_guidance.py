@@ -10,19 +10,25 @@ cos(SFace(x0 at 112 px), condition), normalised per sample to an RMS step of ``s
 (pixel units of [-1, 1]), and the model output is rewritten to predict that x0 from the
 same noisy image. Optional: the gradient averaged over ``views`` shifted and mirrored
 copies, the usual defence against gradients a recognizer reads and a person does not, or
-blurred by ``bSIGMA`` pixels so that only coarse changes are left.
+blurred by ``bSIGMA`` pixels so that only coarse changes are left. ``rTAU`` replaces the
+pull toward the condition by a push apart, the filter's own criterion: InfoNCE at
+temperature TAU of each face against its identity's centroid among the batch's
+identities and every earlier batch's (a bank of their centroids at the last guided step).
 
 The filter (SFace) is the guide here, so its kept count can rise for the wrong reason:
 the dlib judge, which never steers, decides, and ``--third-judge onnx:PATH`` adds our own
 32 px recognizer (``train_32px_judge.py``), which sees identity at 32 px where dlib is
 weak. Measured (BENCHMARKS.md, sessions 43-44): scale 0.02 adds 25 of 200 by SFace, 4-6
 by dlib, and -5 or +6 by two third judges trained alike (inside their own spread);
-blurring the push only weakens it. Every row uses the same identities (the demo's
-`fitted` draw, seed 0) and seeds, with the unguided sampler as the first row.
+blurring the push only weakens it. ``--guide onnx:PATH`` turns the test around: a
+recognizer of ours steers (9x cheaper than SFace: a 32 px judge's forward and backward)
+and SFace, the filter, becomes a judge it never saw (session 45). Every row uses the
+same identities (the demo's `fitted` draw, seed 0) and seeds, with the unguided sampler
+as the first row.
 
 Usage: python benchmarks/bench_sface_guidance.py [--identities 200] [--per-identity 4]
-    [--row SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA] ...] [--sampling dpmsolver++:8:3:d1.25@32a]
-    [--third-judge onnx:PATH]
+    [--row SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA][:rTAU] ...] [--guide sface|onnx:PATH]
+    [--sampling dpmsolver++:8:3:d1.25@32a] [--third-judge onnx:PATH]
 Last line: one JSON object, ``rows`` in the order given (the unguided row first).
 """
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -51,21 +58,25 @@ class Guidance:
     tmax: int = 400
     views: int = 1
     blur: float = 0.0
+    repel: float = 0.0  # > 0: a contrast objective at this temperature (see guided_pipeline)
 
     @classmethod
     def parse(cls, text: str) -> Guidance:
-        """SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA], e.g. 0.02:0-400, 0.03:0-400:v2, 0.02:0-400:b1."""
+        """SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA][:rTAU], e.g. 0.02:0-400, 0.03:0-400:v2,
+        0.02:0-400:b1, 0.02:0-400:r0.1."""
         scale, window, *rest = text.split(":")
         tmin, _, tmax = window.partition("-")
-        views, blur = 1, 0.0
+        views, blur, repel = 1, 0.0, 0.0
         for part in rest:
             if part.startswith("v"):
                 views = int(part[1:])
             elif part.startswith("b"):
                 blur = float(part[1:])
+            elif part.startswith("r"):
+                repel = float(part[1:])
             else:
-                raise SystemExit(f"--row {text!r}: unknown part {part!r} (vVIEWS or bSIGMA)")
-        return cls(float(scale), int(tmin), int(tmax), views, blur)
+                raise SystemExit(f"--row {text!r}: unknown part {part!r} (vVIEWS, bSIGMA, rTAU)")
+        return cls(float(scale), int(tmin), int(tmax), views, blur, repel)
 
     @property
     def name(self) -> str:
@@ -73,6 +84,7 @@ class Guidance:
             return "unguided"
         name = f"guide{self.scale:g}@{self.tmin}-{self.tmax}"
         name += f"v{self.views}" if self.views > 1 else ""
+        name += f"r{self.repel:g}" if self.repel else ""
         return name + (f"b{self.blur:g}" if self.blur else "")
 
 
@@ -101,7 +113,64 @@ def low_pass(gradient: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(blurred, rows.transpose(2, 3), groups=channels)
 
 
-def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
+@dataclass
+class Guide:
+    """The recognizer whose gradient steers: ``network`` reads ``to_input(x)`` (x: faces
+    at 112 px in [-1, 1]) and is pulled toward ``target(conditions)`` (unit rows)."""
+
+    name: str
+    network: torch.nn.Module
+    to_input: object
+    target: object
+
+
+def sface_guide() -> Guide:
+    """The filter's own recognizer: SFace reads RGB 0..255; the target is the condition."""
+    from facefoundry.recognition.sface_torch import load_sface_torch
+
+    sface = load_sface_torch().eval().requires_grad_(False)
+    return Guide("sface", sface, lambda x: (x + 1) * 127.5, lambda c: F.normalize(c, dim=1))
+
+
+def onnx_guide(path: str, ridge: float = 1.0) -> Guide:
+    """A recognizer of ours that the filter never sees (e.g. ``train_32px_judge.py``'s):
+    its target for an SFace condition is where real faces with that SFace embedding land
+    in its space, a ridge map fitted on DevTrain faces shrunk to 32 px, leaving out the
+    real reference row's people. SFace then judges the guided faces it did not steer."""
+    import cv2
+    import numpy as np
+
+    from facefoundry.evaluation.variety import shrink_to
+    from facefoundry.generators.training_data import FaceTrainingSet
+    from facefoundry.recognition.sface_torch import load_onnx_torch
+
+    network = load_onnx_torch(path).requires_grad_(False)
+    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
+    _, reference = real_faces(200, 4, 32, min_images=2)
+    rows = np.flatnonzero(~np.isin(np.asarray(data.labels), np.unique(reference)))
+    enlarged = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[rows]]
+    faces = torch.from_numpy(shrink_to(np.stack(enlarged), 32)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        seen = torch.cat(
+            [F.normalize(network(b.float() / 127.5 - 1), dim=1) for b in faces.split(256)]
+        ).double()
+    asked = F.normalize(torch.from_numpy(data.embeddings[rows]).double(), dim=1)
+    asked_mean, seen_mean = asked.mean(0), seen.mean(0)
+    centred = asked - asked_mean
+    gram = centred.T @ centred + ridge * torch.eye(centred.shape[1], dtype=torch.float64)
+    weights = torch.linalg.solve(gram, centred.T @ (seen - seen_mean))
+    fitted = F.normalize(seen_mean + centred @ weights, dim=1)
+    print(f"guide map: cosine to the guide's own embedding {(fitted * seen).sum(1).mean():.3f}")
+    weights, asked_mean, seen_mean = weights.float(), asked_mean.float(), seen_mean.float()
+
+    def target(conditions: torch.Tensor) -> torch.Tensor:
+        centred = F.normalize(conditions, dim=1) - asked_mean
+        return F.normalize(seen_mean + centred @ weights, dim=1)
+
+    return Guide(f"onnx:{Path(path).name}", network, lambda x: x, target)
+
+
+def guided_pipeline(pipe, guidance: Guidance, guide: Guide):
     """Wrap ``pipe``'s scheduler step so that each guided step pulls x0 toward the batch's
     conditions (wrapping again replaces the last wrap: one pipeline serves every row). The
     pipeline predicts v (checked), so x0 = a x - s v and eps = s x + a v."""
@@ -115,8 +184,30 @@ def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
     state = {}
 
     def remember_conditions(identity, *args, **kwargs):
-        state["target"] = F.normalize(identity.float(), dim=1)
+        state["target"] = guide.target(identity.float())
+        # samples of one identity share its condition row; earlier batches' identities
+        # (their centroids at the last guided step) join the bank the contrast pushes from
+        _, state["group"] = torch.unique(identity.float(), dim=0, return_inverse=True)
+        if "pending" in state:
+            state["bank"] = torch.cat(
+                [state.get("bank", state["pending"][:0]), state.pop("pending")]
+            )
         return sample_batch(identity, *args, **kwargs)
+
+    def objective(embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine to the target, or with ``repel`` the log-probability that each face is
+        nearest its own identity's centroid among the batch's and the bank's (InfoNCE)."""
+        if not guidance.repel:
+            return (embeddings * state["target"]).sum(1)
+        group = state["group"]
+        with torch.no_grad():
+            sums = torch.zeros(int(group.max()) + 1, embeddings.shape[1]).index_add_(
+                0, group, embeddings.detach()
+            )
+            centroids = F.normalize(sums, dim=1)
+        state["pending"] = centroids
+        others = torch.cat([centroids, state.get("bank", centroids[:0])])
+        return -F.cross_entropy(embeddings @ others.T / guidance.repel, group, reduction="none")
 
     def guided_step(scheduler, output, t, latents, generators):
         if guidance.scale and guidance.tmin <= int(t) <= guidance.tmax:
@@ -127,14 +218,13 @@ def guided_pipeline(pipe, guidance: Guidance, sface: torch.nn.Module):
             with torch.enable_grad():
                 pixels = x0.detach().requires_grad_(True)
                 up = F.interpolate(pixels, size=(112, 112), mode="bicubic", align_corners=False)
-                cosines = sum(
-                    (
-                        F.normalize(sface((view(up, i).clamp(-1, 1) + 1) * 127.5), dim=1)
-                        * state["target"]
-                    ).sum(1)
+                score = sum(
+                    objective(
+                        F.normalize(guide.network(guide.to_input(view(up, i).clamp(-1, 1))), dim=1)
+                    )
                     for i in range(guidance.views)
                 )
-                (gradient,) = torch.autograd.grad(cosines.sum(), pixels)
+                (gradient,) = torch.autograd.grad(score.sum(), pixels)
             gradient = low_pass(gradient, guidance.blur)
             rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
             x0 = x0 + guidance.scale * gradient / rms
@@ -154,8 +244,9 @@ def main() -> None:
         "--row",
         action="append",
         default=[],
-        help="SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA] (repeatable; the unguided row always runs "
-        "first; bSIGMA: the gradient blurred by SIGMA pixels at the sample size)",
+        help="SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA][:rTAU] (repeatable; the unguided row always "
+        "runs first; bSIGMA: the gradient blurred by SIGMA pixels at the sample size; rTAU: "
+        "push identities apart, InfoNCE at temperature TAU, instead of toward the condition)",
     )
     parser.add_argument(
         "--third-judge",
@@ -163,6 +254,12 @@ def main() -> None:
         help="onnx:PATH: a recognizer of ours that neither steers nor filters; adds "
         "third_identities_survived / third_gap / third_eer to every row and the real row "
         "(needs `facefoundry calibrate --embedder onnx:PATH` first)",
+    )
+    parser.add_argument(
+        "--guide",
+        default="sface",
+        help="sface (the filter's recognizer) or onnx:PATH, a recognizer of ours the filter "
+        "never sees, pulled toward a ridge map of the condition into its space",
     )
     parser.add_argument("--identities", type=int, default=200)
     parser.add_argument("--per-identity", type=int, default=4)
@@ -176,7 +273,6 @@ def main() -> None:
     from facefoundry.generators.idiff_face.generate import identity_space
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
     from facefoundry.generators.settings import IdentitySettings
-    from facefoundry.recognition.sface_torch import load_sface_torch
 
     rows_wanted = [Guidance()] + [Guidance.parse(text) for text in args.row]
     started = time.perf_counter()
@@ -189,13 +285,13 @@ def main() -> None:
     print("real 32 px:", {k: real.get(k) for k in shown}, flush=True)
     draw = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
     table = draw_identities(draw, 0, identity_space(None, args.model))
-    sface = load_sface_torch().eval().requires_grad_(False)
+    guide = sface_guide() if args.guide == "sface" else onnx_guide(args.guide.removeprefix("onnx:"))
     rows, pipe = [], None
     for guidance in rows_wanted:
         variant = Variant.parse(f"{guidance.name}={args.model},{args.sampling}", args.model)
         if pipe is None:  # one pipeline for every row: the sampling is the same
             pipe = load_variant(variant)
-        guided_pipeline(pipe, guidance, sface)
+        guided_pipeline(pipe, guidance, guide)
         row = run_variant(pipe, variant, table, args.per_identity, real, args.third_judge)
         row.update(guidance=asdict(guidance))
         rows.append(row)
@@ -209,6 +305,7 @@ def main() -> None:
         "identities": args.identities,
         "per_identity": args.per_identity,
         "judge": "dlib",
+        "guide": guide.name,
         "real_min_photos": args.real_min_photos,
         "real_32": {k: real.get(k) for k in shown if k in real},
         "rows": [{k: r.get(k) for k in keys} for r in rows],
