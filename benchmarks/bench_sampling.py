@@ -466,15 +466,24 @@ def spread(values: list[float], digits: int = 3) -> dict:
 
 
 def run_variant(
-    pipe, variant: Variant, table, per_id: int, reference: dict | None, third_judge: str = ""
+    pipe,
+    variant: Variant,
+    table,
+    per_id: int,
+    reference: dict | None,
+    third_judge: str = "",
+    keep: dict | None = None,
 ) -> dict:
     """The quality report of one variant's draw (plus ``third_*`` keys when a third judge,
-    an ``onnx:PATH`` recognizer that neither steers nor filters, is given)."""
+    an ``onnx:PATH`` recognizer that neither steers nor filters, is given). ``keep``, a
+    dict, receives the draw's ``images`` and ``identity_of`` for a caller's own use."""
     from facefoundry.evaluation.generator_quality import quality_report
 
     started = time.perf_counter()
     images, identity_of, vectors = draw(pipe, variant, table, per_id)
     seconds = time.perf_counter() - started
+    if keep is not None:
+        keep.update(images=images, identity_of=identity_of)
     report = quality_report(images, identity_of, vectors, reference, third_judge=third_judge)
     rate = len(images) / seconds
     report.update(

@@ -29,6 +29,8 @@ as the first row.
 Usage: python benchmarks/bench_sface_guidance.py [--identities 200] [--per-identity 4]
     [--row SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA][:rTAU] ...] [--guide sface|onnx:PATH]
     [--sampling dpmsolver++:8:3:d1.25@32a] [--third-judge onnx:PATH]
+    [--train-seeds K [--train-epochs 8]]  (per row: LFW DevTest accuracy of K recognizers
+    trained on all its faces, the final judge of whether its identities are distinct)
 Last line: one JSON object, ``rows`` in the order given (the unguided row first).
 """
 
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_sampling import SHOWN, Variant, load_variant, real_faces, run_variant
+from bench_sampling import SHOWN, Variant, load_variant, real_faces, run_variant, spread
 from common import REPO, finish, machine, save_results
 
 from facefoundry.generators.idiff_face.sampler_reward import shifted
@@ -236,6 +238,22 @@ def guided_pipeline(pipe, guidance: Guidance, guide: Guide):
     return pipe
 
 
+def recognizer_accuracy(images, identity_of, epochs: int, seed: int, folder: Path) -> float:
+    """LFW DevTest accuracy of a recognizer trained on every drawn identity (no filter:
+    equal images and labels in every row), train_32px_judge's recipe. Identities that
+    look alike under different labels make it worse; really distinct ones make it better."""
+    import numpy as np
+    from train_32px_judge import train_cosface
+
+    from facefoundry.evaluation.verify import evaluate_lfw
+    from facefoundry.recognition.export import export_onnx
+
+    _, classes = np.unique(identity_of, return_inverse=True)
+    backbone, _ = train_cosface(images, classes, epochs, seed)
+    path = export_onnx(backbone, folder / f"recognizer-{seed}.onnx")
+    return round(evaluate_lfw(f"onnx:{path}", "devtest", progress=False)["accuracy"], 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
@@ -261,6 +279,14 @@ def main() -> None:
         help="sface (the filter's recognizer) or onnx:PATH, a recognizer of ours the filter "
         "never sees, pulled toward a ridge map of the condition into its space",
     )
+    parser.add_argument(
+        "--train-seeds",
+        type=int,
+        default=0,
+        help="> 0: per row, train this many recognizers (seeds 0..K-1) on all its faces and "
+        "report LFW DevTest accuracy (devtest_accuracy, its median and range)",
+    )
+    parser.add_argument("--train-epochs", type=int, default=8)
     parser.add_argument("--identities", type=int, default=200)
     parser.add_argument("--per-identity", type=int, default=4)
     parser.add_argument("--real-min-photos", type=int, default=2)
@@ -292,11 +318,26 @@ def main() -> None:
         if pipe is None:  # one pipeline for every row: the sampling is the same
             pipe = load_variant(variant)
         guided_pipeline(pipe, guidance, guide)
-        row = run_variant(pipe, variant, table, args.per_identity, real, args.third_judge)
+        drawn: dict = {}
+        row = run_variant(pipe, variant, table, args.per_identity, real, args.third_judge, drawn)
         row.update(guidance=asdict(guidance))
+        if args.train_seeds:
+            folder = REPO / "benchmarks" / "results" / f"{args.name}-{guidance.name}"
+            accuracies = [
+                recognizer_accuracy(
+                    drawn["images"], drawn["identity_of"], args.train_epochs, seed, folder
+                )
+                for seed in range(args.train_seeds)
+            ]
+            row.update(devtest_accuracy=accuracies, devtest_median=spread(accuracies, 4))
+            torch.set_num_threads(args.threads)
         rows.append(row)
-        print(f"{guidance.name}:", {k: row.get(k) for k in shown}, flush=True)
-    keys = ("guidance", "condition_cos", *shown, "img_per_s")
+        print(
+            f"{guidance.name}:",
+            {k: row.get(k) for k in (*shown, "devtest_accuracy")},
+            flush=True,
+        )
+    keys = ("guidance", "condition_cos", *shown, "img_per_s", "devtest_accuracy", "devtest_median")
     figures = {
         "machine": machine(),
         "torch_threads": args.threads,

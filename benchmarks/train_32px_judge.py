@@ -35,47 +35,29 @@ def cosine_lr(step: int, total: int, epochs: int, peak: float = 0.1) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (progress - 1) / max(epochs - 1, 1)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(REPO / "runs" / "judge32.onnx"))
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    import cv2
-
-    from facefoundry.evaluation.variety import shrink_to
-    from facefoundry.generators.training_data import FaceTrainingSet
+def train_cosface(faces: np.ndarray, classes: np.ndarray, epochs: int = 8, seed: int = 0):
+    """bench_train's recipe (mbf_small, CosFace s 32 m 0.35, SGD 0.1, one warm-up epoch
+    then cosine, batch 128, flips) on uint8 N x 112 x 112 x 3 RGB faces with labels
+    0..C-1. Returns the backbone (eval mode) and each epoch's last batch loss."""
     from facefoundry.recognition.backbones import get_model
-    from facefoundry.recognition.export import export_onnx, onnx_parity
     from facefoundry.recognition.losses import MarginHead, cosface
 
-    started = time.perf_counter()
-    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
-    labels = np.asarray(data.labels)
-    _, reference = real_faces(200, 4, 32, min_images=2)  # the benches' real row: held out
-    held = set(np.unique(reference).tolist())
-    keep = np.array([label not in held for label in labels])
-    enlarged = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[keep]]
-    faces = shrink_to(np.stack(enlarged), 32)
-    _, classes = np.unique(labels[keep], return_inverse=True)
-    print(f"{len(faces)} faces of {classes.max() + 1} people", flush=True)
+    torch.manual_seed(seed)
     x = torch.from_numpy(faces).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(classes)
+    y = torch.from_numpy(np.asarray(classes, dtype=np.int64))
     backbone = get_model("mbf_small", num_features=128)
     head = MarginHead(int(y.max()) + 1, 128, cosface(32.0, 0.35))
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     batch = 128
-    total = args.epochs * (len(x) // batch)
-    generator = torch.Generator().manual_seed(0)
+    total = epochs * (len(x) // batch)
+    generator = torch.Generator().manual_seed(seed)
     step, losses = 0, []
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - batch + 1, batch):
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total, args.epochs)
+                group["lr"] = cosine_lr(step, total, epochs)
             rows = order[start : start + batch]
             images = x[rows].float().div(127.5).sub(1)
             flip = torch.rand(batch, generator=generator) < 0.5
@@ -88,14 +70,41 @@ def main() -> None:
             step += 1
         losses.append(round(float(loss.detach()), 2))
         print(f"epoch {epoch + 1}: loss {losses[-1]}", flush=True)
-    backbone.eval()
+    return backbone.eval(), losses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(REPO / "runs" / "judge32.onnx"))
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    import cv2
+
+    from facefoundry.evaluation.variety import shrink_to
+    from facefoundry.generators.training_data import FaceTrainingSet
+    from facefoundry.recognition.export import export_onnx, onnx_parity
+
+    started = time.perf_counter()
+    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
+    labels = np.asarray(data.labels)
+    _, reference = real_faces(200, 4, 32, min_images=2)  # the benches' real row: held out
+    held = set(np.unique(reference).tolist())
+    keep = np.array([label not in held for label in labels])
+    enlarged = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[keep]]
+    faces = shrink_to(np.stack(enlarged), 32)
+    _, classes = np.unique(labels[keep], return_inverse=True)
+    print(f"{len(faces)} faces of {classes.max() + 1} people", flush=True)
+    backbone, losses = train_cosface(faces, classes, args.epochs)
     path = export_onnx(backbone, args.out)
     figures = {
         "machine": machine(),
         "torch_threads": args.threads,
         "out": str(path),
         "faces": len(faces),
-        "people": int(y.max()) + 1,
+        "people": int(classes.max()) + 1,
         "held_out_people": len(held),
         "epochs": args.epochs,
         "last_batch_loss_per_epoch": losses,
