@@ -29,8 +29,9 @@ as the first row.
 Usage: python benchmarks/bench_sface_guidance.py [--identities 200] [--per-identity 4]
     [--row SCALE:TMIN-TMAX[:vVIEWS][:bSIGMA][:rTAU] ...] [--guide sface|onnx:PATH]
     [--sampling dpmsolver++:8:3:d1.25@32a] [--third-judge onnx:PATH]
-    [--train-seeds K [--train-epochs 8]]  (per row: LFW DevTest accuracy of K recognizers
-    trained on all its faces, the final judge of whether its identities are distinct)
+    [--train-seeds K [--train-epochs 8]]  (per row and for the real row: LFW DevTest
+    accuracy of K recognizers trained on all its faces, the final judge of whether its
+    identities are distinct)
 Last line: one JSON object, ``rows`` in the order given (the unguided row first).
 """
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,8 +124,8 @@ class Guide:
 
     name: str
     network: torch.nn.Module
-    to_input: object
-    target: object
+    to_input: Callable[[torch.Tensor], torch.Tensor]
+    target: Callable[[torch.Tensor], torch.Tensor]
 
 
 def sface_guide() -> Guide:
@@ -174,8 +176,9 @@ def onnx_guide(path: str, ridge: float = 1.0) -> Guide:
 
 def guided_pipeline(pipe, guidance: Guidance, guide: Guide):
     """Wrap ``pipe``'s scheduler step so that each guided step pulls x0 toward the batch's
-    conditions (wrapping again replaces the last wrap: one pipeline serves every row). The
-    pipeline predicts v (checked), so x0 = a x - s v and eps = s x + a v."""
+    conditions, or with ``repel`` pushes the identities apart (wrapping again replaces the
+    last wrap, bank included: one pipeline serves every row). The pipeline predicts v
+    (checked), so x0 = a x - s v and eps = s x + a v."""
     if pipe.model.config.prediction_type != "v_prediction":
         raise SystemExit(
             "SFace guidance here rewrites a v-prediction; this model predicts "
@@ -283,8 +286,9 @@ def main() -> None:
         "--train-seeds",
         type=int,
         default=0,
-        help="> 0: per row, train this many recognizers (seeds 0..K-1) on all its faces and "
-        "report LFW DevTest accuracy (devtest_accuracy, its median and range)",
+        help="> 0: per row and for the real row, train this many recognizers (seeds "
+        "0..K-1) on all its faces and report LFW DevTest accuracy (devtest_accuracy, its "
+        "median and range)",
     )
     parser.add_argument("--train-epochs", type=int, default=8)
     parser.add_argument("--identities", type=int, default=200)
@@ -307,6 +311,14 @@ def main() -> None:
         args.identities, args.per_identity, config.sample_size, min_images=args.real_min_photos
     )
     real = quality_report(faces, labels, third_judge=args.third_judge)
+    if args.train_seeds:  # the same trainer on real people's photos: the reference
+        folder = REPO / "benchmarks" / "results" / f"{args.name}-real"
+        accuracies = [
+            recognizer_accuracy(faces, labels, args.train_epochs, seed, folder)
+            for seed in range(args.train_seeds)
+        ]
+        real.update(devtest_accuracy=accuracies, devtest_median=spread(accuracies, 4))
+        torch.set_num_threads(args.threads)
     shown = (*SHOWN, *THIRD) if args.third_judge else SHOWN
     print("real 32 px:", {k: real.get(k) for k in shown}, flush=True)
     draw = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
@@ -348,7 +360,9 @@ def main() -> None:
         "judge": "dlib",
         "guide": guide.name,
         "real_min_photos": args.real_min_photos,
-        "real_32": {k: real.get(k) for k in shown if k in real},
+        "real_32": {
+            k: real.get(k) for k in (*shown, "devtest_accuracy", "devtest_median") if k in real
+        },
         "rows": [{k: r.get(k) for k in keys} for r in rows],
         "judge_kept_change": [
             r["judge_identities_survived"] - rows[0]["judge_identities_survived"] for r in rows

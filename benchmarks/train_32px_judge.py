@@ -49,7 +49,7 @@ def train_cosface(faces: np.ndarray, classes: np.ndarray, epochs: int = 8, seed:
     head = MarginHead(int(y.max()) + 1, 128, cosface(32.0, 0.35))
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    batch = 128
+    batch = min(128, len(x))  # a set smaller than one batch trains as one batch
     total = epochs * (len(x) // batch)
     generator = torch.Generator().manual_seed(seed)
     step, losses = 0, []
