@@ -141,19 +141,13 @@ def onnx_guide(path: str, ridge: float = 1.0) -> Guide:
     its target for an SFace condition is where real faces with that SFace embedding land
     in its space, a ridge map fitted on DevTrain faces shrunk to 32 px, leaving out the
     real reference row's people. SFace then judges the guided faces it did not steer."""
-    import cv2
-    import numpy as np
+    from train_32px_judge import judge_training_faces
 
-    from facefoundry.evaluation.variety import shrink_to
-    from facefoundry.generators.training_data import FaceTrainingSet
     from facefoundry.recognition.sface_torch import load_onnx_torch
 
     network = load_onnx_torch(path).requires_grad_(False)
-    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
-    _, reference = real_faces(200, 4, 32, min_images=2)
-    rows = np.flatnonzero(~np.isin(np.asarray(data.labels), np.unique(reference)))
-    enlarged = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[rows]]
-    faces = torch.from_numpy(shrink_to(np.stack(enlarged), 32)).permute(0, 3, 1, 2)
+    data, rows, faces = judge_training_faces()
+    faces = torch.from_numpy(faces).permute(0, 3, 1, 2)
     with torch.no_grad():
         seen = torch.cat(
             [F.normalize(network(b.float() / 127.5 - 1), dim=1) for b in faces.split(256)]

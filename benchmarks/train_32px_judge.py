@@ -35,6 +35,22 @@ def cosine_lr(step: int, total: int, epochs: int, peak: float = 0.1) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (progress - 1) / max(epochs - 1, 1)))
 
 
+def judge_training_faces():
+    """LFW DevTrain (the generator's training set) without the 200 people of the benches'
+    real reference row, shrunk to 32 px and enlarged to 112 as the generator's faces are:
+    (the training set, the rows kept, those faces as uint8 N x 112 x 112 x 3)."""
+    import cv2
+
+    from facefoundry.evaluation.variety import shrink_to
+    from facefoundry.generators.training_data import FaceTrainingSet
+
+    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
+    _, reference = real_faces(200, 4, 32, min_images=2)  # the benches' real row: held out
+    rows = np.flatnonzero(~np.isin(np.asarray(data.labels), np.unique(reference)))
+    enlarged = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[rows]]
+    return data, rows, shrink_to(np.stack(enlarged), 32)
+
+
 def train_cosface(faces: np.ndarray, classes: np.ndarray, epochs: int = 8, seed: int = 0):
     """bench_train's recipe (mbf_small, CosFace s 32 m 0.35, SGD 0.1, one warm-up epoch
     then cosine, batch 128, flips) on uint8 N x 112 x 112 x 3 RGB faces with labels
@@ -80,22 +96,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    import cv2
-
-    from facefoundry.evaluation.variety import shrink_to
-    from facefoundry.generators.training_data import FaceTrainingSet
     from facefoundry.recognition.export import export_onnx, onnx_parity
 
     started = time.perf_counter()
-    data = FaceTrainingSet.load(REPO / "data" / "lfw-devtrain-sface-64.npz")
-    labels = np.asarray(data.labels)
-    _, reference = real_faces(200, 4, 32, min_images=2)  # the benches' real row: held out
-    held = set(np.unique(reference).tolist())
-    keep = np.array([label not in held for label in labels])
-    enlarged = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in data.faces[keep]]
-    faces = shrink_to(np.stack(enlarged), 32)
-    _, classes = np.unique(labels[keep], return_inverse=True)
+    data, rows, faces = judge_training_faces()
+    _, classes = np.unique(np.asarray(data.labels)[rows], return_inverse=True)
+    held = len(np.unique(data.labels)) - (classes.max() + 1)
     print(f"{len(faces)} faces of {classes.max() + 1} people", flush=True)
     backbone, losses = train_cosface(faces, classes, args.epochs)
     path = export_onnx(backbone, args.out)
@@ -105,7 +111,7 @@ def main() -> None:
         "out": str(path),
         "faces": len(faces),
         "people": int(classes.max()) + 1,
-        "held_out_people": len(held),
+        "held_out_people": int(held),
         "epochs": args.epochs,
         "last_batch_loss_per_epoch": losses,
         "onnx_parity": round(onnx_parity(backbone, path, faces[:64].copy()), 6),
