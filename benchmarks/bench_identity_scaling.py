@@ -68,6 +68,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from facefoundry.generators.identities import draw_identities
     from facefoundry.generators.idiff_face.generate import identity_space
+    from facefoundry.generators.idiff_face.model import read_config
     from facefoundry.generators.settings import IdentitySettings
 
     started = time.perf_counter()
@@ -95,6 +96,7 @@ def main() -> None:
     images, identity_of, _ = draw(pipe, variant, table, args.per_identity)
     img_per_s = len(images) / (time.perf_counter() - drawn_at)
     print(f"drawn {len(images)} images, {img_per_s:.1f} img/s", flush=True)
+    size = read_config(args.model).sample_size  # real faces as small as the generator's
     synthetic, real = [], []
     for n in sizes:
         seeds = args.seeds_at_largest if n == sizes[-1] else args.train_seeds
@@ -103,7 +105,7 @@ def main() -> None:
             {"size": n, **judged(images[rows], identity_of[rows], f"{args.name}-syn{n}", seeds)}
         )
         print("synthetic:", synthetic[-1], flush=True)
-        faces, labels = real_faces(n, args.per_identity, 32, min_images=1)
+        faces, labels = real_faces(n, args.per_identity, size, min_images=1)
         real.append({"size": n, **judged(faces, labels, f"{args.name}-real{n}", seeds)})
         print("real:", real[-1], flush=True)
 

@@ -100,6 +100,7 @@ def main() -> None:
     from facefoundry.evaluation.generator_quality import embed_generated
     from facefoundry.generators.identities import draw_identities
     from facefoundry.generators.idiff_face.generate import identity_space
+    from facefoundry.generators.idiff_face.model import read_config
     from facefoundry.generators.settings import IdentitySettings
 
     started = time.perf_counter()
@@ -156,8 +157,9 @@ def main() -> None:
         }
         rows.append(row)
         print({k: v for k, v in row.items() if k != "devtest_median"}, flush=True)
+    size = read_config(args.model).sample_size  # real faces as small as the generator's
     real_images, real_labels = real_faces(
-        args.identities, args.per_identity, 32, min_images=args.real_min_photos
+        args.identities, args.per_identity, size, min_images=args.real_min_photos
     )
     real = {
         "people": len(np.unique(real_labels)),
