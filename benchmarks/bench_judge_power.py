@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 import torch
+from bench_probe_funnel import subset
 from bench_sampling import Variant, draw, load_variant, real_faces, spread
 from bench_sface_guidance import recognizer_accuracy
 from common import REPO, finish, machine, save_results
@@ -55,23 +56,14 @@ def with_duplicates(table, share: float):
 def kept_counts(faces, rows: np.ndarray) -> dict:
     """SFace's (the filter's) and dlib's kept identities among ``rows`` of the embedded faces."""
     from facefoundry.evaluation.generator_quality import (
-        EmbeddedFaces,
         identities_survived,
         judge_identities_survived,
     )
 
-    subset = EmbeddedFaces(
-        identity=faces.identity[rows],
-        status=faces.status[rows],
-        n_faces=faces.n_faces[rows],
-        det_score=faces.det_score[rows],
-        landmarks=faces.landmarks[rows],
-        vectors={k: v[rows] for k, v in faces.vectors.items()},
-        checksums=faces.checksums,
-    )
+    chosen = subset(faces, rows)
     return {
-        "sface_kept": identities_survived(subset)["identities_survived"],
-        "dlib_kept": judge_identities_survived(subset),
+        "sface_kept": identities_survived(chosen)["identities_survived"],
+        "dlib_kept": judge_identities_survived(chosen),
     }
 
 
