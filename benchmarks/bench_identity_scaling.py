@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 import torch
-from bench_sampling import Variant, draw, load_variant, real_faces, spread
-from bench_sface_guidance import recognizer_accuracy
+from bench_sampling import Variant, draw, load_variant, real_faces
+from bench_sface_guidance import recognizer_accuracies
 from common import REPO, finish, machine, save_results
 
 
@@ -75,17 +75,11 @@ def main() -> None:
     results = REPO / "benchmarks" / "results"
 
     def judged(images, labels, stem: str, seeds: int) -> dict:
-        values = [
-            recognizer_accuracy(images, labels, args.train_epochs, seed, results / stem)
-            for seed in range(seeds)
-        ]
-        torch.set_num_threads(args.threads)  # evaluation may change it
         return {
             "images": int(len(images)),
             "identities": int(len(np.unique(labels))),
             "sface_kept": sface_kept(images, labels),
-            "devtest_accuracy": values,
-            "devtest_median": spread(values, 4),
+            **recognizer_accuracies(images, labels, args.train_epochs, seeds, results / stem),
         }
 
     draw_settings = IdentitySettings(count=sizes[-1], method="fitted", tau=args.tau, spread=1.0)

@@ -36,8 +36,8 @@ import time
 import numpy as np
 import torch
 from bench_probe_funnel import subset
-from bench_sampling import Variant, draw, load_variant, real_faces, spread
-from bench_sface_guidance import recognizer_accuracy
+from bench_sampling import Variant, draw, load_variant, real_faces
+from bench_sface_guidance import recognizer_accuracies
 from common import REPO, finish, machine, save_results
 
 
@@ -99,12 +99,9 @@ def main() -> None:
     results = REPO / "benchmarks" / "results"
 
     def accuracies(images, labels, stem: str) -> dict:
-        values = [
-            recognizer_accuracy(images, labels, args.train_epochs, seed, results / stem)
-            for seed in range(args.train_seeds)
-        ]
-        torch.set_num_threads(args.threads)  # evaluation may change it
-        return {"devtest_accuracy": values, "devtest_median": spread(values, 4)}
+        return recognizer_accuracies(
+            images, labels, args.train_epochs, args.train_seeds, results / stem
+        )
 
     draw_settings = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
     table = draw_identities(draw_settings, 0, identity_space(None, args.model))
@@ -124,20 +121,15 @@ def main() -> None:
     # one detection and embedding pass over every image; rows pick each set's share
     every = np.concatenate([images, second])
     faces = embed_generated(every, np.concatenate([identity_of, second_of]))
-    first_planted = {int(i): k for k, i in enumerate(sub.ids)}
-    rows = []
+    rows, per = [], args.per_identity
     for share in [0.0, *sorted(args.duplicates)]:
         _, planted_here = with_duplicates(table, share)
-        replaced = set(int(i) for i in table.ids[planted_here])
-        picks = [
-            len(images) + first_planted[int(who)] * args.per_identity + sample
-            if int(who) in replaced
-            else position
-            for position, (who, sample) in enumerate(
-                zip(identity_of, np.tile(np.arange(args.per_identity), len(table)), strict=True)
-            )
-        ]
-        picks = np.asarray(picks)
+        # planted identities are a suffix of the table; `second` holds the widest suffix
+        kept_rows = (len(table) - len(planted_here)) * per
+        skipped = (len(planted) - len(planted_here)) * per
+        picks = np.concatenate(
+            [np.arange(kept_rows), len(images) + np.arange(skipped, len(second))]
+        )
         row = {
             "duplicate_share": share,
             "planted_duplicates": len(planted_here),

@@ -251,6 +251,16 @@ def recognizer_accuracy(images, identity_of, epochs: int, seed: int, folder: Pat
     return round(evaluate_lfw(f"onnx:{path}", "devtest", progress=False)["accuracy"], 4)
 
 
+def recognizer_accuracies(images, identity_of, epochs: int, seeds: int, folder: Path) -> dict:
+    """``recognizer_accuracy`` for seeds 0..seeds-1: ``devtest_accuracy`` (in seed order)
+    and ``devtest_median`` (the median with its range), torch's thread count restored
+    (the evaluation may change it)."""
+    threads = torch.get_num_threads()
+    values = [recognizer_accuracy(images, identity_of, epochs, s, folder) for s in range(seeds)]
+    torch.set_num_threads(threads)
+    return {"devtest_accuracy": values, "devtest_median": spread(values, 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
@@ -307,12 +317,9 @@ def main() -> None:
     real = quality_report(faces, labels, third_judge=args.third_judge)
     if args.train_seeds:  # the same trainer on real people's photos: the reference
         folder = REPO / "benchmarks" / "results" / f"{args.name}-real"
-        accuracies = [
-            recognizer_accuracy(faces, labels, args.train_epochs, seed, folder)
-            for seed in range(args.train_seeds)
-        ]
-        real.update(devtest_accuracy=accuracies, devtest_median=spread(accuracies, 4))
-        torch.set_num_threads(args.threads)
+        real.update(
+            recognizer_accuracies(faces, labels, args.train_epochs, args.train_seeds, folder)
+        )
     shown = (*SHOWN, *THIRD) if args.third_judge else SHOWN
     print("real 32 px:", {k: real.get(k) for k in shown}, flush=True)
     draw = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
@@ -329,14 +336,15 @@ def main() -> None:
         row.update(guidance=asdict(guidance))
         if args.train_seeds:
             folder = REPO / "benchmarks" / "results" / f"{args.name}-{guidance.name}"
-            accuracies = [
-                recognizer_accuracy(
-                    drawn["images"], drawn["identity_of"], args.train_epochs, seed, folder
+            row.update(
+                recognizer_accuracies(
+                    drawn["images"],
+                    drawn["identity_of"],
+                    args.train_epochs,
+                    args.train_seeds,
+                    folder,
                 )
-                for seed in range(args.train_seeds)
-            ]
-            row.update(devtest_accuracy=accuracies, devtest_median=spread(accuracies, 4))
-            torch.set_num_threads(args.threads)
+            )
         rows.append(row)
         print(
             f"{guidance.name}:",
