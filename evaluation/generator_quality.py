@@ -95,9 +95,10 @@ def embed_generated(
     )
 
 
-def identities_survived(faces: EmbeddedFaces, settings=None) -> dict:
-    """Identities (and samples) the filter keeps with ``settings`` (default: the demo's
-    rules, SFace deciding, thresholds from the calibration on real LFW people)."""
+def filter_embedded(faces: EmbeddedFaces, settings=None):
+    """The filter's decisions on embedded faces with ``settings`` (default: the demo's
+    rules, SFace deciding, thresholds from the calibration on real LFW people): the
+    SampleTable (its ``groups`` index the identities), the FilterResult and the rules."""
     from facefoundry.filters.decide import apply_filters
     from facefoundry.filters.samples import SampleTable
     from facefoundry.filters.settings import FilterSettings
@@ -116,7 +117,13 @@ def identities_survived(faces: EmbeddedFaces, settings=None) -> dict:
         checksums=faces.checksums,
     )
     rules, _ = resolve_rules(settings, table.checksums)
-    result = apply_filters(table, rules)
+    return table, apply_filters(table, rules), rules
+
+
+def identities_survived(faces: EmbeddedFaces, settings=None) -> dict:
+    """Identities (and samples) the filter keeps with ``settings`` (default: the demo's
+    rules, SFace deciding, thresholds from the calibration on real LFW people)."""
+    table, result, rules = filter_embedded(faces, settings)
     reasons = result.identities.reason
     return {
         "identities": int(table.n_groups),

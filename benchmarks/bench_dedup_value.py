@@ -1,0 +1,145 @@
+"""Does the demo's de-duplication keep the identities that teach a recognizer? (issue 16)
+
+Session 46 found SFace's kept count undercounting what drawn identities add to a recognizer
+(4x the draws: +3.6 LFW DevTest points, SFace's count only 2.1x). So the filter's rule
+(SFace, FMR 1e-4 on real people) may throw away identities that still help. One draw of
+the demo's (`fitted`, seed 0, its sampler), one embedding pass, the demo's filter; then
+the same trainer (train_32px_judge's CosFace recipe, ``--train-epochs``) on four sets of
+the faces that pass the filter's face and sample rules:
+
+- ``all``: every identity under its own label (no de-duplication);
+- ``kept``: only the identities the filter keeps (what the demo ships);
+- ``random``: as many identities as ``kept``, chosen at random (a new choice per seed);
+- ``merged``: every face, each duplicate identity relabelled as the kept identity it
+  collided with (de-duplication by merging labels instead of dropping faces).
+
+Read: ``kept_minus_random_points`` > seed range says the rule picks identities that teach
+more than chance does; ``all_minus_kept_points`` > 0 says the dropped identities still
+help; ``merged_minus_all_points`` < 0 says they are distinct people (merging is label
+noise), > 0 that they are copies (separate labels were the noise).
+
+Usage: python benchmarks/bench_dedup_value.py [--identities 1000] [--per-identity 4]
+    [--train-seeds 3] [--train-epochs 8] [--threads 2]
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from bench_sampling import Variant, draw, load_variant, spread
+from bench_sface_guidance import recognizer_accuracy
+from common import REPO, finish, machine, save_results
+
+
+def merged_labels(groups: np.ndarray, duplicate_of: np.ndarray) -> np.ndarray:
+    """Each sample's identity index with every merged identity replaced by the kept one it
+    collided with (followed to a kept root, so chains resolve)."""
+    root = np.arange(len(duplicate_of))
+    for _ in range(len(duplicate_of)):
+        step = np.where(duplicate_of[root] >= 0, duplicate_of[root], root)
+        if np.array_equal(step, root):
+            break
+        root = step
+    return root[groups]
+
+
+def training_sets(groups, kept_identity, passed, duplicate_of, seed: int) -> dict:
+    """Row name -> (sample indices, labels) over the samples that pass the face and sample
+    rules (``passed``); ``random`` draws as many identities as the filter keeps, by ``seed``."""
+    live = np.unique(groups[passed])
+    chosen = np.random.default_rng(seed).choice(live, size=int(kept_identity.sum()), replace=False)
+    merged = merged_labels(groups, duplicate_of)
+    sets = {}
+    for name, rows, labels in [
+        ("all", passed, groups),
+        ("kept", passed & kept_identity[groups], groups),
+        ("random", passed & np.isin(groups, chosen), groups),
+        ("merged", passed, merged),
+    ]:
+        index = np.flatnonzero(rows)
+        sets[name] = (index, labels[index])
+    return sets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
+    parser.add_argument("--sampling", default="dpmsolver++:8:3:d1.25@32a")
+    parser.add_argument("--identities", type=int, default=1000)
+    parser.add_argument("--per-identity", type=int, default=4)
+    parser.add_argument("--train-seeds", type=int, default=3)
+    parser.add_argument("--train-epochs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="bench_dedup_value", help="results file stem")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from facefoundry.evaluation.generator_quality import embed_generated, filter_embedded
+    from facefoundry.filters.funnel import DUPLICATE_IDENTITY
+    from facefoundry.generators.identities import draw_identities
+    from facefoundry.generators.idiff_face.generate import identity_space
+    from facefoundry.generators.settings import IdentitySettings
+
+    started = time.perf_counter()
+    folder = REPO / "benchmarks" / "results"
+    draw_settings = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
+    table = draw_identities(draw_settings, 0, identity_space(None, args.model))
+    variant = Variant.parse(f"drawn={args.model},{args.sampling}", args.model)
+    images, identity_of, _ = draw(load_variant(variant), variant, table, args.per_identity)
+    print(f"drawn {len(images)} images", flush=True)
+    faces = embed_generated(images, identity_of)
+    samples, result, _ = filter_embedded(faces)
+    reasons = result.reason.tolist()
+    passed = result.kept | np.array([r == DUPLICATE_IDENTITY for r in reasons])
+    kept_identity = np.array([r is None for r in result.identities.reason.tolist()])
+    groups, duplicate_of = samples.groups, result.identities.duplicate_of
+    print(f"kept {kept_identity.sum()} of {len(kept_identity)} identities", flush=True)
+
+    accuracy = {name: [] for name in ("all", "kept", "random", "merged")}
+    sizes = {}
+    for seed in range(args.train_seeds):
+        sets = training_sets(groups, kept_identity, passed, duplicate_of, seed)
+        for name, (index, labels) in sets.items():
+            value = recognizer_accuracy(
+                images[index], labels, args.train_epochs, seed, folder / f"{args.name}-{name}"
+            )
+            torch.set_num_threads(args.threads)  # the evaluation may change it
+            accuracy[name].append(value)
+            sizes[name] = {"images": len(index), "labels": len(np.unique(labels))}
+            print(f"seed {seed} {name}: {value} ({sizes[name]})", flush=True)
+
+    medians = {name: float(np.median(values)) for name, values in accuracy.items()}
+
+    def points(a: str, b: str) -> float:
+        return round(100 * (medians[a] - medians[b]), 2)
+
+    figures = {
+        "machine": machine(),
+        "torch_threads": args.threads,
+        "model": args.model,
+        "sampling": args.sampling,
+        "identities": args.identities,
+        "per_identity": args.per_identity,
+        "train_epochs": args.train_epochs,
+        "train_seeds": args.train_seeds,
+        "identities_kept": int(kept_identity.sum()),
+        "identities_passing_sample_rules": int(len(np.unique(groups[passed]))),
+        "rows": {
+            name: {**sizes[name], "devtest_accuracy": values, "devtest_median": spread(values, 4)}
+            for name, values in accuracy.items()
+        },
+        "kept_minus_random_points": points("kept", "random"),
+        "all_minus_kept_points": points("all", "kept"),
+        "merged_minus_all_points": points("merged", "all"),
+        "seed_range_points": round(max(100 * (max(v) - min(v)) for v in accuracy.values()), 2),
+        "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    save_results(args.name, figures)
+    finish(figures)
+
+
+if __name__ == "__main__":
+    main()
