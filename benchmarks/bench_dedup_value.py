@@ -18,8 +18,12 @@ more than chance does; ``all_minus_kept_points`` > 0 says the dropped identities
 help; ``merged_minus_all_points`` < 0 says they are distinct people (merging is label
 noise), > 0 that they are copies (separate labels were the noise).
 
+``--run RUN`` takes a finished run's generated images and its filter's decisions instead of
+drawing (e.g. the demo's recipe at 1,000 identities, probes and all); ``--rows`` picks rows.
+
 Usage: python benchmarks/bench_dedup_value.py [--identities 1000] [--per-identity 4]
-    [--train-seeds 3] [--train-epochs 8] [--threads 2]
+    [--run RUN] [--rows all kept random merged] [--train-seeds 3] [--train-epochs 8]
+    [--threads 2]
 Last line: one JSON object.
 """
 
@@ -27,12 +31,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from bench_sampling import Variant, draw, load_variant, spread
 from bench_sface_guidance import recognizer_accuracy
 from common import REPO, finish, machine, save_results
+
+from facefoundry.filters.funnel import DUPLICATE_IDENTITY
+
+ROWS = ("all", "kept", "random", "merged")
 
 
 def merged_labels(groups: np.ndarray, duplicate_of: np.ndarray) -> np.ndarray:
@@ -65,12 +74,46 @@ def training_sets(groups, kept_identity, passed, duplicate_of, seed: int) -> dic
     return sets
 
 
+def run_faces(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A finished run's generated images (as drawn, decoded from its chunk tars) with the
+    filter's decisions: images, identity index per image, passed (the face, sample and
+    privacy rules), kept per identity index, duplicate_of per identity index (-1: none)."""
+    import tarfile
+
+    import cv2
+    import pyarrow.parquet as pq
+
+    decisions = pq.read_table(run / "filter" / "decisions.parquet").to_pydict()
+    pixels = {}
+    for part in sorted((run / "generate").glob("part-*.tar")):
+        with tarfile.open(part) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".jpg"):
+                    data = np.frombuffer(tar.extractfile(member).read(), np.uint8)
+                    pixels[member.name[:-4]] = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+    images = np.stack([pixels[key] for key in decisions["key"]])
+    ids, groups = np.unique(decisions["identity"], return_inverse=True)
+    reason = decisions["reject_reason"]
+    passed = np.array([r is None or r == DUPLICATE_IDENTITY for r in reason])
+    kept_identity = np.zeros(len(ids), dtype=bool)
+    kept_identity[groups[np.asarray(decisions["kept"])]] = True
+    duplicate_of = np.full(len(ids), -1, dtype=np.int64)
+    for group, partner in zip(groups, decisions["duplicate_of"], strict=True):
+        if partner is not None:
+            duplicate_of[group] = np.searchsorted(ids, partner)
+    return images, groups, passed, kept_identity, duplicate_of
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "idiff-face-lfw"))
     parser.add_argument("--sampling", default="dpmsolver++:8:3:d1.25@32a")
     parser.add_argument("--identities", type=int, default=1000)
     parser.add_argument("--per-identity", type=int, default=4)
+    parser.add_argument("--run", type=Path, help="a finished run folder instead of a draw")
+    parser.add_argument(
+        "--rows", nargs="+", default=list(ROWS), choices=ROWS, help="training sets to train"
+    )
     parser.add_argument("--train-seeds", type=int, default=3)
     parser.add_argument("--train-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
@@ -78,31 +121,36 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from facefoundry.evaluation.generator_quality import embed_generated, filter_embedded
-    from facefoundry.filters.funnel import DUPLICATE_IDENTITY
     from facefoundry.generators.identities import draw_identities
     from facefoundry.generators.idiff_face.generate import identity_space
     from facefoundry.generators.settings import IdentitySettings
 
     started = time.perf_counter()
     folder = REPO / "benchmarks" / "results"
-    draw_settings = IdentitySettings(count=args.identities, method="fitted", tau=0.3, spread=1.0)
-    table = draw_identities(draw_settings, 0, identity_space(None, args.model))
-    variant = Variant.parse(f"drawn={args.model},{args.sampling}", args.model)
-    images, identity_of, _ = draw(load_variant(variant), variant, table, args.per_identity)
-    print(f"drawn {len(images)} images", flush=True)
-    faces = embed_generated(images, identity_of)
-    samples, result, _ = filter_embedded(faces)
-    reasons = result.reason.tolist()
-    passed = result.kept | np.array([r == DUPLICATE_IDENTITY for r in reasons])
-    kept_identity = np.array([r is None for r in result.identities.reason.tolist()])
-    groups, duplicate_of = samples.groups, result.identities.duplicate_of
+    if args.run:
+        images, groups, passed, kept_identity, duplicate_of = run_faces(args.run)
+    else:
+        draw_settings = IdentitySettings(
+            count=args.identities, method="fitted", tau=0.3, spread=1.0
+        )
+        table = draw_identities(draw_settings, 0, identity_space(None, args.model))
+        variant = Variant.parse(f"drawn={args.model},{args.sampling}", args.model)
+        images, identity_of, _ = draw(load_variant(variant), variant, table, args.per_identity)
+        print(f"drawn {len(images)} images", flush=True)
+        faces = embed_generated(images, identity_of)
+        samples, result, _ = filter_embedded(faces)
+        reasons = result.reason.tolist()
+        passed = result.kept | np.array([r == DUPLICATE_IDENTITY for r in reasons])
+        kept_identity = np.array([r is None for r in result.identities.reason.tolist()])
+        groups, duplicate_of = samples.groups, result.identities.duplicate_of
     print(f"kept {kept_identity.sum()} of {len(kept_identity)} identities", flush=True)
 
-    accuracy = {name: [] for name in ("all", "kept", "random", "merged")}
+    accuracy = {name: [] for name in args.rows}
     sizes = {}
     for seed in range(args.train_seeds):
         sets = training_sets(groups, kept_identity, passed, duplicate_of, seed)
-        for name, (index, labels) in sets.items():
+        for name in args.rows:
+            index, labels = sets[name]
             value = recognizer_accuracy(
                 images[index], labels, args.train_epochs, seed, folder / f"{args.name}-{name}"
             )
@@ -113,15 +161,18 @@ def main() -> None:
 
     medians = {name: float(np.median(values)) for name, values in accuracy.items()}
 
-    def points(a: str, b: str) -> float:
+    def points(a: str, b: str) -> float | None:
+        if a not in medians or b not in medians:
+            return None
         return round(100 * (medians[a] - medians[b]), 2)
 
     figures = {
         "machine": machine(),
         "torch_threads": args.threads,
-        "model": args.model,
+        "run": str(args.run) if args.run else None,
+        "model": None if args.run else args.model,
         "sampling": args.sampling,
-        "identities": args.identities,
+        "identities": len(kept_identity),
         "per_identity": args.per_identity,
         "train_epochs": args.train_epochs,
         "train_seeds": args.train_seeds,
@@ -134,6 +185,7 @@ def main() -> None:
         "kept_minus_random_points": points("kept", "random"),
         "all_minus_kept_points": points("all", "kept"),
         "merged_minus_all_points": points("merged", "all"),
+        "merged_minus_kept_points": points("merged", "kept"),
         "seed_range_points": round(max(100 * (max(v) - min(v)) for v in accuracy.values()), 2),
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
     }
