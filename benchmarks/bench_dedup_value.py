@@ -173,7 +173,7 @@ def main() -> None:
         "model": None if args.run else args.model,
         "sampling": args.sampling,
         "identities": len(kept_identity),
-        "per_identity": args.per_identity,
+        "per_identity": None if args.run else args.per_identity,
         "train_epochs": args.train_epochs,
         "train_seeds": args.train_seeds,
         "identities_kept": int(kept_identity.sum()),
