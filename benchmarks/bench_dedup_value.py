@@ -76,14 +76,16 @@ def training_sets(groups, kept_identity, passed, duplicate_of, seed: int) -> dic
 
 def run_faces(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A finished run's generated images (as drawn, decoded from its chunk tars) with the
-    filter's decisions: images, identity index per image, passed (the face, sample and
-    privacy rules), kept per identity index, duplicate_of per identity index (-1: none)."""
+    filter's decisions (decisions.parquet per image, identities.parquet per identity):
+    images, identity index per image, passed (the face, sample and privacy rules), kept
+    per identity index, duplicate_of per identity index (-1: none)."""
     import tarfile
 
     import cv2
     import pyarrow.parquet as pq
 
     decisions = pq.read_table(run / "filter" / "decisions.parquet").to_pydict()
+    identities = pq.read_table(run / "filter" / "identities.parquet").to_pydict()
     pixels = {}
     for part in sorted((run / "generate").glob("part-*.tar")):
         with tarfile.open(part) as tar:
@@ -93,14 +95,15 @@ def run_faces(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
                     pixels[member.name[:-4]] = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
     images = np.stack([pixels[key] for key in decisions["key"]])
     ids, groups = np.unique(decisions["identity"], return_inverse=True)
-    reason = decisions["reject_reason"]
-    passed = np.array([r is None or r == DUPLICATE_IDENTITY for r in reason])
+    passed = np.array([r in (None, DUPLICATE_IDENTITY) for r in decisions["reject_reason"]])
+    # the filter's per-identity table, in the order of ``ids``
+    row = np.searchsorted(ids, identities["identity"])
     kept_identity = np.zeros(len(ids), dtype=bool)
-    kept_identity[groups[np.asarray(decisions["kept"])]] = True
+    kept_identity[row] = identities["kept"]
     duplicate_of = np.full(len(ids), -1, dtype=np.int64)
-    for group, partner in zip(groups, decisions["duplicate_of"], strict=True):
-        if partner is not None:
-            duplicate_of[group] = np.searchsorted(ids, partner)
+    merged = np.array([p is not None for p in identities["duplicate_of"]])
+    partners = [p for p in identities["duplicate_of"] if p is not None]
+    duplicate_of[row[merged]] = np.searchsorted(ids, partners)
     return images, groups, passed, kept_identity, duplicate_of
 
 
