@@ -20,7 +20,9 @@ is probed and the ``count`` whose probe centroids are separated at the tightest
 threshold that keeps ``count`` are kept (``realisation.select_separated``): a centroid
 of a few images still carries per-image noise, so probes look further apart than the
 8-image centroids the filter judges, and a fixed tau_inter lets crowded identities
-through (BENCHMARKS.md, session 10). The kept identities are then generated in bulk;
+through (BENCHMARKS.md, session 10). ``select: largest`` keeps the largest separated set
+instead of walking candidates in order (``realisation.select_largest``), so the same pool
+holds ``count`` at a tighter threshold (BENCHMARKS.md, session 48). The kept identities are then generated in bulk;
 with ``condition: probe`` they are conditioned on their probe's centroid (what the
 model can actually draw, as DCFace and Vec2Face do) instead of the requested vector.
 The funnel (every candidate's outcome) is written beside the identity table.
@@ -144,17 +146,21 @@ def decide_separated(
     conditions: np.ndarray,
     want: int,
     min_condition_cos: float | None = None,
+    select: str = "separated",
 ) -> tuple[ProbeDecisions, float]:
     """(decisions, threshold): of the candidates whose probe found faces (and follows
     its condition if asked), the ``want`` kept at the tightest separation that keeps
-    them all (fewer when fewer qualify); the others are duplicates of their nearest kept."""
-    from facefoundry.generators.realisation import select_separated
+    them all (fewer when fewer qualify); the others are duplicates of their nearest kept.
+    ``select``: ``separated`` (a greedy pass in candidate order) or ``largest`` (the
+    largest separated set, fewest collisions first: a tighter threshold)."""
+    from facefoundry.generators.realisation import select_largest, select_separated
 
     screened = decide(centroids, conditions, 1.0, len(centroids), min_condition_cos)
     eligible = np.array(screened.kept_rows, dtype=np.int64)
     if not len(eligible):
         return screened, float("nan")
-    chosen, threshold = select_separated(centroids[eligible], min(want, len(eligible)))
+    choose = select_largest if select == "largest" else select_separated
+    chosen, threshold = choose(centroids[eligible], min(want, len(eligible)))
     kept_rows = sorted(int(row) for row in eligible[chosen])
     kept = centroids[kept_rows]
     outcome = list(screened.outcome)
@@ -219,7 +225,7 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
         ).cos
     module = family_of(recipe.generate).load()
     probe_settings = recipe.generate.model_copy(update={"samples_per_identity": probe.samples})
-    separated = probe.select == "separated"
+    separated = probe.select in ("separated", "largest")
     workers = embed_workers(  # as the embed stage: probes are judged as samples
         recipe.faces, recipe.orchestration.runner, recipe.orchestration.max_workers
     )
@@ -275,6 +281,7 @@ def realise_identities(folder: str | Path, recipe, space) -> dict:
             candidates.embeddings[:start],
             settings.count,
             probe.min_condition_cos,
+            probe.select,
         )
     rows = np.array(decisions.kept_rows, dtype=np.int64)
     funnel = {

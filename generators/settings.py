@@ -28,10 +28,11 @@ class ProbeSettings(BaseModel):
     min_condition_cos: float | None = Field(
         None, ge=-1.0, le=1.0, description="probe must follow its condition (filter embedder)"
     )
-    select: Literal["first", "separated"] = Field(
+    select: Literal["first", "separated", "largest"] = Field(
         "first",
         description="first: greedy in candidate order at the filter's tau_inter; separated: "
-        "probe the whole pool, keep count at the tightest separation (probe_select bench)",
+        "probe the whole pool, keep count at the tightest separation (probe_select bench); "
+        "largest: as separated, the largest separated set (fewest collisions first)",
     )
 
 

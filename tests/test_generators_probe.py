@@ -155,6 +155,20 @@ def test_separated_rule_keeps_the_distinct_identities_the_greedy_rule_crowds_out
     assert few.kept_rows == [0, 1, 2, 3, 4]
 
 
+def test_largest_rule_drops_a_probe_that_crowds_several_others():
+    """A probe near three otherwise separated ones, first in candidate order: the
+    separated rule keeps it and loosens its threshold to fit three; the largest rule
+    marks it a duplicate and keeps the three at a tighter threshold."""
+    spokes = np.eye(64)[:3]
+    hub = _unit(spokes.sum(axis=0, keepdims=True))
+    centroids = np.vstack([hub, spokes, np.full(64, np.nan)])
+    _, loose = probe.decide_separated(centroids, centroids, want=3)
+    decisions, threshold = probe.decide_separated(centroids, centroids, 3, select="largest")
+    assert decisions.kept_rows == [1, 2, 3] and threshold < 0.05 < 0.5 < loose
+    assert decisions.outcome == ["duplicate", "kept", "kept", "kept", "no_face"]
+    assert decisions.nearest_cos[0] > threshold
+
+
 def test_separated_probes_are_the_kept_identities_first_samples(tmp_path):
     """The whole pool is probed with the run's own seeds, so a kept identity's probe
     images are its first generated samples, byte for byte."""

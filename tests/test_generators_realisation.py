@@ -12,6 +12,7 @@ from facefoundry.generators.realisation import (
     RealisationMap,
     fit_realisation_map,
     held_out_figures,
+    select_largest,
     select_separated,
 )
 
@@ -50,6 +51,32 @@ def test_selected_rows_are_separated_at_the_smallest_threshold_that_keeps_n():
     assert len(stricter) == 30
     with pytest.raises(ValueError, match="cannot select"):
         select_separated(predicted, 201)
+
+
+def test_the_largest_set_leaves_out_a_candidate_near_many_others():
+    """A hub first in candidate order collides with four spokes that are apart from one
+    another: the greedy pass keeps the hub and must rise to its cosine (0.5) to fit four;
+    the largest set drops the hub and holds the four spokes at cosine 0."""
+    spokes = np.eye(6)[:4]
+    hub = unit(spokes.sum(axis=0, keepdims=True))
+    vectors = np.concatenate([hub, spokes, unit(np.ones((1, 6)) - 2 * np.eye(6)[5])])
+    _, greedy_threshold = select_separated(vectors, 4)
+    rows, threshold = select_largest(vectors, 4)
+    assert greedy_threshold >= 0.5 - 0.005
+    assert threshold < 0.05
+    assert sorted(rows.tolist()) == [1, 2, 3, 4]
+
+
+def test_largest_rows_are_separated_and_never_looser_than_greedy():
+    rng = np.random.default_rng(4)
+    vectors = unit(rng.standard_normal((300, 8)))
+    greedy_rows, greedy_threshold = select_separated(vectors, 40)
+    rows, threshold = select_largest(vectors, 40)
+    assert len(rows) == len(set(rows.tolist())) == 40
+    sims = vectors[rows] @ vectors[rows].T
+    np.fill_diagonal(sims, -1)
+    assert sims.max() <= threshold <= greedy_threshold
+    assert threshold < greedy_threshold  # random points: a strictly tighter set exists
 
 
 def test_selecting_by_prediction_keeps_more_drawn_identities_apart():
