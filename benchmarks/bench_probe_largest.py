@@ -26,6 +26,7 @@ Last line: one JSON object (``rules``: per rule its threshold and modelled kept 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -150,7 +151,6 @@ def main() -> None:
     args = parser.parse_args()
     import pyarrow.parquet as pq
 
-    from facefoundry.filters.calibrate import resolve_threshold
     from facefoundry.flows.config import load_recipe
     from facefoundry.generators.realisation import select_largest, select_separated
 
@@ -158,15 +158,9 @@ def main() -> None:
     recipe = load_recipe(args.run / "recipe.resolved.yaml")
     if recipe.identities.probe is None:
         raise SystemExit(f"{args.run} has no probe funnel (identities.probe is off)")
-    from facefoundry.faces.embedders import get_embedder
-
     embedder = recipe.filter.embedder
-    tau = resolve_threshold(
-        recipe.filter.tau_inter,
-        embedder,
-        get_embedder(embedder).checksum,
-        location=recipe.filter.calibration,
-    ).cos
+    funnel = json.loads((args.run / "identities" / "probe_funnel.json").read_text())
+    tau = float(funnel["tau_inter"])  # the filter's cosine as the funnel resolved it
     pool_ids, pool = probe_pool(args.run, recipe)
     embed_seconds = time.perf_counter() - started
     usable = np.isfinite(pool).all(axis=1)
