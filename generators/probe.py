@@ -22,8 +22,8 @@ of a few images still carries per-image noise, so probes look further apart than
 8-image centroids the filter judges, and a fixed tau_inter lets crowded identities
 through (BENCHMARKS.md, session 10). ``select: largest`` keeps the largest separated set
 instead of walking candidates in order (``realisation.select_largest``), so the same pool
-holds ``count`` at a tighter threshold (BENCHMARKS.md, session 48). The kept identities are then generated in bulk;
-with ``condition: probe`` they are conditioned on their probe's centroid (what the
+holds ``count`` at a tighter threshold (BENCHMARKS.md, session 48). The kept identities
+are then generated in bulk; with ``condition: probe`` they are conditioned on their probe's centroid (what the
 model can actually draw, as DCFace and Vec2Face do) instead of the requested vector.
 The funnel (every candidate's outcome) is written beside the identity table.
 """

@@ -161,7 +161,7 @@ def select_largest(vectors: np.ndarray, n: int, resolution: float = 0.005) -> tu
 
     Why: ``select_separated`` walks candidates in order, so one candidate near many
     others costs all of them and the threshold must rise until ``n`` fit. On 3,000 probed
-    candidates at 1,000 wanted the largest set reaches them at cosine 0.408 against
+    candidates at 1,000 wanted the largest set reaches them at cosine 0.409 against
     0.421 (BENCHMARKS session 48), nearer what the filter's 8-image centroids allow."""
     from facefoundry.filters.dedup import largest_dedup
 
