@@ -67,31 +67,26 @@ def probe_pool(run: Path, recipe) -> tuple[np.ndarray, np.ndarray]:
 
 def filter_centroids(run: Path, embedder: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(identity ids, unit centroids of the samples that passed the filter's sample and
-    privacy rules, the filter's kept count): what the filter de-duplicated."""
-    import pyarrow as pa
+    privacy rules, the filter's kept count): what the filter de-duplicated, read and
+    averaged with the filter's own helpers."""
     import pyarrow.parquet as pq
 
-    column = f"embedding_{embedder}"
-    embedded = pa.concat_tables(
-        pq.read_table(part, columns=["key", column])
-        for part in sorted((run / "embed").glob("part-*.parquet"))
-    ).to_pydict()
-    vector_of = dict(zip(embedded["key"], embedded[column], strict=True))
+    from facefoundry.filters.groups import centroids, unit_rows
+    from facefoundry.filters.samples import read_samples
+
+    table = read_samples(run, [embedder])
     decisions = pq.read_table(run / "filter" / "decisions.parquet").to_pydict()
-    rows: dict[int, list] = {}
-    for key, identity, reason in zip(
-        decisions["key"], decisions["identity"], decisions["reject_reason"], strict=True
-    ):
-        if reason in (None, DUPLICATE_IDENTITY):
-            rows.setdefault(int(identity), []).append(vector_of[key])
-    ids = np.array(sorted(rows), dtype=np.int64)
-    centroids = []
-    for identity in ids:
-        vectors = np.asarray(rows[identity], dtype=np.float32)
-        mean = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).mean(axis=0)
-        centroids.append(mean / np.linalg.norm(mean))
+    passed = [
+        key
+        for key, reason in zip(decisions["key"], decisions["reject_reason"], strict=True)
+        if reason in (None, DUPLICATE_IDENTITY)
+    ]
+    vectors = unit_rows(np.nan_to_num(table.embeddings[embedder]))
+    mask = np.isin(table.keys, passed)
+    centres, counts = centroids(vectors, table.groups, table.n_groups, mask)
+    live = counts > 0
     kept = sum(pq.read_table(run / "filter" / "identities.parquet")["kept"].to_pylist())
-    return ids, np.stack(centroids), int(kept)
+    return table.group_ids[live].astype(np.int64), centres[live], int(kept)
 
 
 def collision_curve(probes: np.ndarray, filtered: np.ndarray, tau: float) -> dict:
@@ -166,8 +161,8 @@ def main() -> None:
     usable = np.isfinite(pool).all(axis=1)
     eligible = np.flatnonzero(usable)
     realised_ids, realised, kept_run = filter_centroids(args.run, embedder)
-    at = np.searchsorted(pool_ids, realised_ids, sorter=np.argsort(pool_ids))
-    realised_rows = np.argsort(pool_ids)[at]
+    order = np.argsort(pool_ids)
+    realised_rows = order[np.searchsorted(pool_ids, realised_ids, sorter=order)]
     curve = collision_curve(pool[realised_rows], realised, tau)
     want = recipe.identities.count
     run_realised = set(
