@@ -38,33 +38,6 @@ from facefoundry.filters.funnel import DUPLICATE_IDENTITY
 BIN = 0.02
 
 
-def probe_pool(run: Path, recipe) -> tuple[np.ndarray, np.ndarray]:
-    """(candidate ids, probe centroids) of every probed candidate, candidate order; the
-    funnel's own embedding and face rules (``probe._embed_probe_chunk``)."""
-    import pyarrow.parquet as pq
-
-    from facefoundry.faces.settings import embed_workers
-    from facefoundry.generators.probe import _embed_probe_chunk, probe_centroids
-
-    probe = recipe.identities.probe
-    workers = embed_workers(recipe.faces, recipe.orchestration.runner, 2)
-    ids, centroids = [], []
-    for part in sorted((run / "identities" / "probes").glob("part-*.parquet")):
-        chunk = list(dict.fromkeys(pq.read_table(part, columns=["identity"])[0].to_pylist()))
-        vectors, usable = _embed_probe_chunk(
-            part.with_suffix(".tar"),
-            chunk,
-            probe.samples,
-            recipe.filter.embedder,
-            workers,
-            recipe.faces,
-            recipe.filter,
-        )
-        ids += chunk
-        centroids.append(probe_centroids(vectors, usable, probe.samples))
-    return np.array(ids, dtype=np.int64), np.concatenate(centroids)
-
-
 def filter_centroids(run: Path, embedder: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(identity ids, unit centroids of the samples that passed the filter's sample and
     privacy rules, the filter's kept count): what the filter de-duplicated, read and
@@ -147,6 +120,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from facefoundry.flows.config import load_recipe
+    from facefoundry.generators.probe import probe_pool
     from facefoundry.generators.realisation import select_largest, select_separated
 
     started = time.perf_counter()
@@ -156,7 +130,7 @@ def main() -> None:
     embedder = recipe.filter.embedder
     funnel = json.loads((args.run / "identities" / "probe_funnel.json").read_text())
     tau = float(funnel["tau_inter"])  # the filter's cosine as the funnel resolved it
-    pool_ids, pool = probe_pool(args.run, recipe)
+    pool_ids, pool = probe_pool(args.run / "identities", recipe)
     embed_seconds = time.perf_counter() - started
     usable = np.isfinite(pool).all(axis=1)
     eligible = np.flatnonzero(usable)

@@ -47,6 +47,10 @@ class NoIdentityRealised(FacefoundryError):
     """Not one candidate drew a usable, separated face: the generator cannot serve."""
 
 
+class ProbeCentroidsNotStored(UsageError):
+    """A funnel written before ``probes.parquet`` kept each probe's centroid."""
+
+
 KEPT = "kept"
 NO_FACE = "no_face"
 OFF_CONDITION = "off_condition"
@@ -346,6 +350,74 @@ def _embed_probe_chunk(tar_path, ids, samples, embedder, workers, face_settings,
     return vectors.astype(np.float32), usable
 
 
+def _centroid_column(centroids: np.ndarray):
+    """Each probe's unit centroid in the filter's space (null where the probe found no
+    face): what the decisions were made on, kept so that readers (the realisation map,
+    ``bench_probe_largest``) need not embed the probe images again."""
+    import pyarrow as pa
+
+    centroids = np.asarray(centroids, dtype=np.float32)
+    dim = centroids.shape[1]
+    found = np.isfinite(centroids).all(axis=1)
+    rows = [row.tolist() if ok else None for row, ok in zip(centroids, found, strict=True)]
+    return pa.array(rows, type=pa.list_(pa.float32(), dim))
+
+
+def read_probe_centroids(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate ids, probe centroids with NaN rows where no face) from an identities
+    folder's ``probes.parquet``; a one-line error for a funnel written before the
+    centroids were kept (re-run its identities stage, or embed its ``probes/``)."""
+    import pyarrow.parquet as pq
+
+    path = Path(folder) / "probes.parquet"
+    if not path.is_file():
+        raise UsageError(f"{path}: no probe funnel here (identities.probe was off)")
+    table = pq.read_table(path)
+    if "centroid" not in table.column_names:
+        raise ProbeCentroidsNotStored(
+            f"{path} predates stored probe centroids: re-run its identities stage"
+        )
+    rows = table.column("centroid").to_pylist()
+    dim = next((len(row) for row in rows if row is not None), 0)
+    centroids = np.array(
+        [row if row is not None else [np.nan] * dim for row in rows], dtype=np.float32
+    ).reshape(len(rows), dim)
+    return np.asarray(table.column("candidate").to_pylist(), dtype=np.int64), centroids
+
+
+def probe_pool(folder: str | Path, recipe) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate ids, probe centroids, NaN rows without a face) of every probed candidate
+    of an identities folder, candidate order: the centroids its funnel stored, or, for a
+    funnel written before it stored them, its probe images embedded again with the
+    funnel's own embedder and face rules (``recipe``: the run's; minutes at 1,000s)."""
+    import pyarrow.parquet as pq
+
+    from facefoundry.faces.settings import embed_workers
+
+    folder = Path(folder)
+    try:
+        return read_probe_centroids(folder)
+    except ProbeCentroidsNotStored:
+        logger.info("%s: embedding its probe images again (no stored centroids)", folder)
+    probe = recipe.identities.probe
+    workers = embed_workers(recipe.faces, recipe.orchestration.runner, 2)
+    ids, centroids = [], []
+    for part in sorted((folder / "probes").glob("part-*.parquet")):
+        chunk = list(dict.fromkeys(pq.read_table(part, columns=["identity"])[0].to_pylist()))
+        vectors, usable = _embed_probe_chunk(
+            part.with_suffix(".tar"),
+            chunk,
+            probe.samples,
+            recipe.filter.embedder,
+            workers,
+            recipe.faces,
+            recipe.filter,
+        )
+        ids += chunk
+        centroids.append(probe_centroids(vectors, usable, probe.samples))
+    return np.array(ids, dtype=np.int64), np.concatenate(centroids)
+
+
 def _write_decisions(
     folder: Path, candidates: IdentityTable, decisions: ProbeDecisions, funnel: dict
 ) -> None:
@@ -365,6 +437,7 @@ def _write_decisions(
                 type=pa.int64(),
             ),
             "nearest_kept_cos": pa.array(decisions.nearest_cos.astype(np.float32)),
+            "centroid": _centroid_column(decisions.centroids[:n]),
         }
     )
     with atomic_path(folder / "probes.parquet") as partial:

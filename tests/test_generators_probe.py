@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from facefoundry.errors import UsageError
 from facefoundry.faces.embedders import get_embedder
 from facefoundry.filters.calibrate import find_calibration
 from facefoundry.filters.calibration_tables import BUILTIN
@@ -80,6 +81,8 @@ def test_a_model_that_draws_no_face_realises_nothing_and_says_so(tmp_path):
     outcomes = pq.read_table(folder / "probes.parquet").column("outcome").to_pylist()
     assert outcomes == ["no_face"] * 8
     assert not (folder / "identities.parquet").exists()
+    ids, centroids = probe.read_probe_centroids(folder)  # no face: no centroid, kept as NaN
+    assert len(ids) == 8 and centroids.shape[0] == 8 and np.isnan(centroids).all()
 
 
 def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp_path):
@@ -126,6 +129,18 @@ def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp
     original = candidates.embeddings[np.searchsorted(candidates.ids, table.ids)]
     assert np.allclose(np.linalg.norm(table.embeddings, axis=1), 1.0, atol=1e-5)
     assert np.all(np.sum(table.embeddings * original, axis=1) < 0.99)  # probe centroids
+    ids, centroids = probe.read_probe_centroids(folder)  # the stored ones are those
+    assert ids.tolist() == [row["candidate"] for row in decisions]
+    stored = centroids[np.searchsorted(ids, table.ids)]
+    assert np.allclose(stored, table.embeddings, atol=1e-6)
+    # a funnel written before the centroids were stored: its probe images embedded again
+    # give the same centroids
+    pq.write_table(pq.read_table(folder / "probes.parquet").drop(["centroid"]),
+                   folder / "probes.parquet")  # fmt: skip
+    again_ids, again = probe.probe_pool(folder, loaded)
+    assert again_ids.tolist() == ids.tolist()
+    assert np.allclose(np.nan_to_num(again), np.nan_to_num(centroids), atol=1e-5)
+    assert (np.isnan(again) == np.isnan(centroids)).all()
     generated = set()
     for part in sorted((folder.parent / "generate").glob("part-*.parquet")):
         generated |= set(pq.read_table(part).column("identity").to_pylist())
@@ -265,3 +280,15 @@ def test_a_chunk_copies_samples_drawn_earlier_with_the_same_seeds_and_draws_the_
     assert all(reused[f"{make_key(i, 1)}.jpg"] == fresh[f"{make_key(i, 1)}.jpg"] for i in (0, 1))
     other_seed = images(tmp_path / "other", 12, drawn=tmp_path / "probes")  # seeds differ
     assert marker not in other_seed.values()
+
+
+def test_reading_probe_centroids_from_a_funnel_without_them_says_what_to_do(tmp_path):
+    import pyarrow as pa
+
+    with pytest.raises(UsageError, match="no probe funnel here"):
+        probe.read_probe_centroids(tmp_path)
+    pq.write_table(
+        pa.table({"candidate": [1, 2], "outcome": ["kept", "no_face"]}), tmp_path / "probes.parquet"
+    )
+    with pytest.raises(UsageError, match="predates stored probe centroids"):
+        probe.read_probe_centroids(tmp_path)
