@@ -49,10 +49,14 @@ predicted vs drawn centroids and how well predicted pair cosines follow the draw
 ones, each beside the raw condition's. About 6 minutes on 2 cores at the defaults.
 
 --from-run RUN (repeatable) fits on finished runs of the same model instead: their
-identities and embedded faces are the pairs, no image is generated (seconds). A run
-of 1,000 identities x 8 faces predicts better than the 400 x 4 calibration draw
-(BENCHMARKS.md, session 10); the map then knows those runs' identities, so judge
-selections on recipe seeds the runs did not use (the record lists them)."""
+identities and embedded faces are the pairs, and so are their probe funnels' candidates
+(each probe's stored centroid; a funnel written before probes.parquet kept them has its
+probe images embedded again, minutes), no image is generated. A run of 1,000 identities
+x 8 faces predicts better than the 400 x 4 calibration draw (BENCHMARKS.md, session 10),
+and the 12,000 probed candidates of two 1,000-identity funnel runs better still; with
+that many pairs --residual adds a small MLP to the ridge map (session 49). The map then
+knows those runs' identities, so judge selections on recipe seeds the runs did not use
+(the record lists them)."""
 
 REWARD_TUNE_DESCRIPTION = """\
 Fine-tune a trained IDiff-Face model on the faces its own sampler draws: each step
@@ -249,7 +253,14 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
     from facefoundry.generators.realisation import REALISATION_FILE
 
     if args.from_run:
-        realisation = fit_from_run_folders(args.model, args.from_run, args.ridge)
+        residual = None
+        if args.residual:
+            residual = {"hidden": args.residual_hidden, "epochs": args.residual_epochs}
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        realisation = fit_from_run_folders(args.model, args.from_run, args.ridge, residual)
         out = realisation.save(args.out or Path(args.model) / REALISATION_FILE)
         print(json.dumps({"out": str(out), **realisation.record["held_out"]}))
         return 0
@@ -281,23 +292,32 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit_from_run_folders(model: str, runs: list[str], ridge: float):
-    """The map fitted on finished runs (their run folders checked one by one)."""
+def fit_from_run_folders(model: str, runs: list[str], ridge: float, residual: dict | None = None):
+    """The map fitted on finished runs (their run folders checked one by one): each run's
+    realised identities, then its probe funnel's candidates (``probe_pairs``)."""
     import yaml
 
+    from facefoundry.flows.config import load_recipe
     from facefoundry.flows.run_dir import RunDir
     from facefoundry.generators.chunks import folder_checksum
     from facefoundry.generators.idiff_face import realisation_fit
-    from facefoundry.generators.realisation_runs import run_pairs
+    from facefoundry.generators.realisation_runs import probe_pairs, run_pairs
 
     embedder = read_conditioning_embedder(model)
     checksum = folder_checksum(Path(model))
-    sources, pairs = [], []
+    sources, pairs, probed = [], [], []
     for folder in runs:
         run = RunDir(existing_dir(folder, "--from-run folder", "give a run folder (runs/NAME)"))
         pairs.append(
             run_pairs(run.identities, run.generate_parts(), run.embed, embedder, checksum, folder)
         )
+        probes = None
+        if run.recipe.is_file():
+            probes = probe_pairs(
+                run.identities.parent, load_recipe(run.recipe), embedder, checksum, folder
+            )
+        if probes is not None:
+            probed.append(probes)
         recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.is_file() else {}
         generate = recipe.get("generate", {})
         sampling = (
@@ -310,14 +330,17 @@ def fit_from_run_folders(model: str, runs: list[str], ridge: float):
         )
         sources.append(
             {
-                "run": run.name,
+                "run": str(folder),
                 "seed": recipe.get("seed"),
                 "identities": len(pairs[-1].conditions),
+                "probe_pairs": 0 if probes is None else len(probes.conditions),
                 "per_identity": generate.get("samples_per_identity"),
                 "sampling": {key: generate.get(key) for key in sampling},
             }
         )
-    return realisation_fit.fit_realisation_from_runs(model, sources, pairs, ridge)
+    return realisation_fit.fit_realisation_from_runs(
+        model, sources, pairs + probed, ridge, residual
+    )
 
 
 def read_conditioning_embedder(model: str) -> str:
@@ -794,6 +817,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="fit on this finished run's faces instead of new images (repeatable)",
     )
+    fit_map.add_argument(
+        "--residual",
+        action="store_true",
+        help="with --from-run: add a small MLP to the ridge map (needs thousands of pairs, "
+        "e.g. a probe funnel's candidates)",
+    )
+    fit_map.add_argument("--residual-hidden", type=positive_int, default=1024)
+    fit_map.add_argument("--residual-epochs", type=positive_int, default=100)
     fit_map.add_argument("--out", default=None, help="default: MODEL/realisation_map.npz")
     fit_map.set_defaults(func=cmd_generator_fit_realisation)
 

@@ -97,11 +97,18 @@ def fit_model_realisation(
 
 
 def fit_realisation_from_runs(
-    model: str | Path, sources: list[dict], pairs: list, ridge: float = 1.0
+    model: str | Path,
+    sources: list[dict],
+    pairs: list,
+    ridge: float = 1.0,
+    residual: dict | None = None,
 ):
     """The map fitted on finished runs' pairs (``generators.realisation_runs``), no new
     images; ``sources`` (one dict per run: name, seed, sampling) go into its record, so
-    a reader knows which recipe seeds' identities it has seen."""
+    a reader knows which recipe seeds' identities it has seen. ``residual`` (keyword
+    arguments of ``realisation_residual.fit_residual``): a linear map plus MLP instead of
+    ridge, its held-out figures from one split (a fifth of the pairs) beside ridge's on
+    the same split."""
     from facefoundry.generators.chunks import folder_checksum
     from facefoundry.generators.idiff_face.model import read_config
     from facefoundry.generators.realisation import fit_realisation_map, held_out_figures
@@ -122,4 +129,10 @@ def fit_realisation_from_runs(
         "ridge": ridge,
         "held_out": held_out_figures(conditions, centroids, ridge),
     }
-    return fit_realisation_map(conditions, centroids, ridge, record)
+    if residual is None:
+        return fit_realisation_map(conditions, centroids, ridge, record)
+    from facefoundry.generators.realisation_residual import fit_residual, residual_held_out
+
+    record["residual"] = dict(residual)
+    record["held_out"] = residual_held_out(conditions, centroids, ridge, residual)
+    return fit_residual(conditions, centroids, **residual, record=record)
