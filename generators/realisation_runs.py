@@ -13,6 +13,7 @@ chunks' ``model_checksum``) and the conditioning embedder's space.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from facefoundry.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,8 +91,9 @@ def probe_pairs(
     its probe's centroid (``probe.samples`` faces each; ``probe.probe_pool``). A funnel
     probes several candidates per realised identity, so this is most of a run's pairs
     (6,000 against 1,000 at the 1,000-identity recipe of BENCHMARKS session 48). None
-    when the run has no funnel; a one-line ``UsageError`` when its probes were drawn by
-    other weights or embedded in another space than the model's conditions."""
+    when the run has no funnel or its probes live in another embedder's space than the
+    model's conditions (a warning); a one-line ``UsageError`` when its probes were drawn
+    by other weights."""
     from facefoundry.filters.samples import embedder_name
     from facefoundry.generators.identities import IdentityTable
     from facefoundry.generators.probe import probe_pool
@@ -105,10 +109,14 @@ def probe_pairs(
             f"({', '.join(sorted(drawn_by)) or 'unknown'}, the model is {model_checksum})"
         )
     if embedder_name(recipe.filter.embedder) != embedder_name(embedder):
-        raise UsageError(
-            f"{name}: its probes were embedded with {recipe.filter.embedder}, the model's "
-            f"conditions are {embedder} vectors"
+        logger.warning(
+            "%s: its probes were embedded with %s, the model's conditions are %s vectors: "
+            "fitting on its realised identities only",
+            name,
+            recipe.filter.embedder,
+            embedder,
         )
+        return None
     ids, centroids = probe_pool(identities_folder, recipe)
     found = np.isfinite(centroids).all(axis=1)
     table = IdentityTable.load(candidates_file)
