@@ -1,16 +1,15 @@
 """A realisation map with a nonlinear residual: what the ridge map cannot follow.
 
-Measured on the default model (BENCHMARKS.md, session 49): an identity's drawn centroid
-is nearly fixed by its condition (two centroids of the same condition from other seeds,
-3 and 5 faces, agree at cosine 0.91, so the centroid the model would draw on average
-sits at ~0.96 of a 5-face centroid), yet the ridge map predicts it at only ~0.82 from
-6,500 pairs: most of what it misses is a nonlinear function of the condition, not noise.
-A linear map plus a small MLP of the unit condition, added before normalising, is
-trained on the same pairs with a cosine loss. Both start from PyTorch's default
-initialisation: started from the ridge solution (the MLP's last layer zero) the fit
-stays at ridge's figure (0.823 vs 0.823 held out after 100 epochs), trained together
-from the start it reaches 0.857 (session 49). Needs thousands of pairs (a probe
-funnel's candidates: ``realisation_runs.probe_pairs``); on a few hundred it overfits.
+Measured on the default model (BENCHMARKS.md, session 49, ``bench_realisation_ceiling``):
+an identity's drawn centroid is nearly fixed by its condition (centroids of 3 and 5 faces
+from other seeds agree at cosine 0.92, so a map could reach ~0.97 against a 5-face
+centroid), yet ridge on 12,446 probe pairs predicts an unseen run at 0.845: most of what
+it misses is a nonlinear function of the condition, not noise. A linear map plus a small
+MLP of the unit condition, added before normalising, trained together on the same pairs
+with a cosine loss, reaches 0.889 (a 3-image probe: 0.914). Both parts start from
+PyTorch's default initialisation: started from the ridge solution (the MLP's last layer
+zero), a trial fit stayed at ridge's figure. Needs thousands of pairs (a probe funnel's
+candidates: ``realisation_runs.probe_pairs``); on a few hundred it overfits.
 """
 
 from __future__ import annotations
