@@ -378,7 +378,7 @@ def read_probe_centroids(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path} predates stored probe centroids: re-run its identities stage"
         )
     rows = table.column("centroid").to_pylist()
-    dim = next((len(row) for row in rows if row is not None), 0)
+    dim = table.schema.field("centroid").type.list_size  # known with every probe faceless
     centroids = np.array(
         [row if row is not None else [np.nan] * dim for row in rows], dtype=np.float32
     ).reshape(len(rows), dim)

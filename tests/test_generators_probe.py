@@ -82,7 +82,8 @@ def test_a_model_that_draws_no_face_realises_nothing_and_says_so(tmp_path):
     assert outcomes == ["no_face"] * 8
     assert not (folder / "identities.parquet").exists()
     ids, centroids = probe.read_probe_centroids(folder)  # no face: no centroid, kept as NaN
-    assert len(ids) == 8 and centroids.shape[0] == 8 and np.isnan(centroids).all()
+    assert len(ids) == 8 and centroids.shape == (8, get_embedder("sface").dim)
+    assert np.isnan(centroids).all()
 
 
 def test_identities_stage_with_probes_generates_only_the_realised_identities(tmp_path):
