@@ -32,7 +32,8 @@ from common import finish, machine, save_results
 
 def split_centroids(run: Path, embedder: str, first: int):
     """(identity ids, condition per id, centroid of samples < first, centroid of the
-    rest), identities with a usable face on both sides."""
+    rest, usable faces on the rest side (median)), identities with a usable face on both
+    sides."""
     from facefoundry.filters.groups import valid_rows
     from facefoundry.filters.samples import read_samples
     from facefoundry.generators.identities import IdentityTable
@@ -53,10 +54,11 @@ def split_centroids(run: Path, embedder: str, first: int):
         sides.append((sums, counts))
     both = (sides[0][1] > 0) & (sides[1][1] > 0)
     unit = [s[both] / np.linalg.norm(s[both], axis=1, keepdims=True) for s, _ in sides]
+    rest_faces = int(np.median(sides[1][1][both]))  # the run's samples per identity - first
     table = IdentityTable.load(run / "identities" / "identities.parquet")
     position = {int(i): row for row, i in enumerate(table.ids)}
     conditions = table.embeddings[[position[int(i)] for i in ids[both]]].astype(np.float64)
-    return ids[both], conditions, unit[0], unit[1]
+    return ids[both], conditions, unit[0], unit[1], rest_faces
 
 
 def noise_ratio(agreement: float, a: int, b: int) -> float:
@@ -83,9 +85,8 @@ def main() -> None:
         maps[name] = RealisationMap.load(path)
     runs = {}
     for run in args.run:
-        ids, conditions, probe, rest = split_centroids(run, args.embedder, args.first)
+        ids, conditions, probe, rest, faces_rest = split_centroids(run, args.embedder, args.first)
         agreement = float(np.median(np.sum(probe * rest, axis=1)))
-        faces_rest = 8 - args.first
         ratio = noise_ratio(agreement, args.first, faces_rest)
         unit_conditions = conditions / np.linalg.norm(conditions, axis=1, keepdims=True)
         figures = {
@@ -108,6 +109,7 @@ def main() -> None:
     result = {
         "bench": "realisation_ceiling",
         "machine": machine(),
+        "first": args.first,
         "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
     }
