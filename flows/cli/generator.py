@@ -295,8 +295,6 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
 def fit_from_run_folders(model: str, runs: list[str], ridge: float, residual: dict | None = None):
     """The map fitted on finished runs (their run folders checked one by one): each run's
     realised identities, then its probe funnel's candidates (``probe_pairs``)."""
-    import yaml
-
     from facefoundry.flows.config import load_recipe
     from facefoundry.flows.run_dir import RunDir
     from facefoundry.generators.chunks import folder_checksum
@@ -305,33 +303,31 @@ def fit_from_run_folders(model: str, runs: list[str], ridge: float, residual: di
 
     embedder = read_conditioning_embedder(model)
     checksum = folder_checksum(Path(model))
+    sampling = (
+        "scheduler",
+        "steps",
+        "guidance_scale",
+        "detail_guidance",
+        "detail_axes",
+        "detail_alternate",
+    )
     sources, pairs, probed = [], [], []
     for folder in runs:
         run = RunDir(existing_dir(folder, "--from-run folder", "give a run folder (runs/NAME)"))
         pairs.append(
             run_pairs(run.identities, run.generate_parts(), run.embed, embedder, checksum, folder)
         )
+        recipe = load_recipe(run.recipe) if run.recipe.is_file() else None
         probes = None
-        if run.recipe.is_file():
-            probes = probe_pairs(
-                run.identities.parent, load_recipe(run.recipe), embedder, checksum, folder
-            )
+        if recipe is not None:
+            probes = probe_pairs(run.identities.parent, recipe, embedder, checksum, folder)
         if probes is not None:
             probed.append(probes)
-        recipe = yaml.safe_load(run.recipe.read_text()) if run.recipe.is_file() else {}
-        generate = recipe.get("generate", {})
-        sampling = (
-            "scheduler",
-            "steps",
-            "guidance_scale",
-            "detail_guidance",
-            "detail_axes",
-            "detail_alternate",
-        )
+        generate = recipe.generate.model_dump() if recipe is not None else {}
         sources.append(
             {
                 "run": str(folder),
-                "seed": recipe.get("seed"),
+                "seed": None if recipe is None else recipe.seed,
                 "identities": len(pairs[-1].conditions),
                 "probe_pairs": 0 if probes is None else len(probes.conditions),
                 "per_identity": generate.get("samples_per_identity"),
