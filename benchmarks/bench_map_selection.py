@@ -13,7 +13,9 @@ model nor any map saw, tells apart at its own FMR 1e-4 threshold.
 
 Usage: python benchmarks/bench_map_selection.py --out runs/s49/maps-demo
     --map shipped=models/idiff-face-lfw/realisation_map.npz --map drawn
-    --map residual=runs/s49/maps/residual.npz [--seeds 2 3 4] [--count 100] [--pool 4]
+    --map other=OTHER_MAP.npz [--seeds 2 3 4] [--count 100] [--pool 4]
+(session 49 compared the then shipped ridge map with ``runs/s49/maps/residual.npz``, which
+is the shipped map since session 50.)
 Last line: one JSON object (per map: kept and dlib-distinct per seed, median and spread).
 """
 
