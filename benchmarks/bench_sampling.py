@@ -554,6 +554,22 @@ def main() -> None:
     )
     parser.add_argument("--timing-identities", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="20 identities x 4")
+    parser.add_argument(
+        "--select",
+        choices=["drawn", "predicted"],
+        default="drawn",
+        help="drawn: the first identities the fitted prior draws (the model on its own); "
+        "predicted: those the model's realisation map predicts apart from a pool of --pool "
+        "x as many, as the demo draws its candidates (without its probes)",
+    )
+    parser.add_argument("--pool", type=float, default=4.0, help="with --select predicted")
+    parser.add_argument(
+        "--identity-seed",
+        type=int,
+        default=0,
+        help="the recipe seed the identities are drawn with (the map's pairs come from "
+        "seeds 0 and 1, so judge --select predicted on another)",
+    )
     parser.add_argument("--ddpm-guard", action="store_true", help="the DDPM-1000 guard instead")
     args, rest = parser.parse_known_args()
     if args.ddpm_guard:
@@ -571,10 +587,26 @@ def main() -> None:
     from facefoundry.generators.idiff_face.model import IDiffFaceModel
 
     config = IDiffFaceModel.from_pretrained(baseline.model).config
-    # the demo's identities: recipe seed 0, fitted prior, cosine <= 0.3 apart
-    table = make_identities(
-        n_ids, config.id_dim, 0, "fitted", 0.3, prior=Path(baseline.model) / PRIOR_FILE
-    )
+    # the demo's identities: fitted prior, cosine <= 0.3 apart (recipe seed 0 by default)
+    if args.select == "predicted":
+        from facefoundry.generators.identities import draw_identities
+        from facefoundry.generators.idiff_face.generate import identity_space
+        from facefoundry.generators.settings import IdentitySettings
+
+        settings = IdentitySettings(
+            count=n_ids, method="fitted", tau=0.3, select="predicted", pool=args.pool
+        )
+        space = identity_space(None, baseline.model)
+        table = draw_identities(settings, args.identity_seed, space)
+    else:
+        table = make_identities(
+            n_ids,
+            config.id_dim,
+            args.identity_seed,
+            "fitted",
+            0.3,
+            prior=Path(baseline.model) / PRIOR_FILE,
+        )
     started = time.perf_counter()
     faces, labels = real_faces(n_ids, per_id, config.sample_size)
     real = quality_report(faces, labels)
@@ -612,6 +644,9 @@ def main() -> None:
         "machine": machine(),
         "torch_threads": args.threads,
         "identities": n_ids,
+        "identity_select": args.select,
+        "identity_pool": args.pool if args.select == "predicted" else None,
+        "identity_seed": args.identity_seed,
         "per_identity": per_id,
         "judge": "dlib",
         "filter": "sface (demo rules: calibrated, tau_inter at FMR 1e-4)",
