@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="bench_dedup_value", help="results file stem")
     args = parser.parse_args()
+    if not args.rows and not args.real:
+        parser.error("nothing to train: give --rows or --real")
     torch.set_num_threads(args.threads)
     from facefoundry.evaluation.generator_quality import embed_generated, filter_embedded
     from facefoundry.generators.identities import draw_identities
