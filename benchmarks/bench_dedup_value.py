@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_sampling import Variant, draw, load_variant, real_faces, spread
-from bench_sface_guidance import recognizer_accuracy
+from bench_sface_guidance import recognizer_accuracies, recognizer_accuracy
 from common import REPO, finish, machine, save_results
 
 from facefoundry.filters.funnel import DUPLICATE_IDENTITY
@@ -177,15 +177,13 @@ def main() -> None:
 
         size = read_config(Path(args.model)).sample_size
         faces, labels = real_faces(None, 10**9, size, min_images=args.real_min_photos)
-        accuracy["real"] = []
-        for seed in range(args.train_seeds):
-            value = recognizer_accuracy(
-                faces, labels, args.train_epochs, seed, folder / f"{args.name}-real"
-            )
-            torch.set_num_threads(args.threads)
-            accuracy["real"].append(value)
-            sizes["real"] = {"images": len(labels), "labels": len(np.unique(labels))}
-            print(f"seed {seed} real: {value} ({sizes['real']})", flush=True)
+        folder_real = folder / f"{args.name}-real"
+        real = recognizer_accuracies(
+            faces, labels, args.train_epochs, args.train_seeds, folder_real
+        )
+        accuracy["real"] = real["devtest_accuracy"]
+        sizes["real"] = {"images": len(labels), "labels": len(np.unique(labels))}
+        print(f"real: {accuracy['real']} ({sizes['real']})", flush=True)
 
     medians = {name: float(np.median(values)) for name, values in accuracy.items()}
 

@@ -577,7 +577,6 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     from facefoundry.evaluation.generator_quality import quality_report
-    from facefoundry.generators.identities import PRIOR_FILE, make_identities
 
     n_ids, per_id = (20, 4) if args.quick else (args.identities, args.per_identity)
     variants = [Variant.parse(text, args.model) for text in args.variant]
@@ -588,25 +587,14 @@ def main() -> None:
 
     config = IDiffFaceModel.from_pretrained(baseline.model).config
     # the demo's identities: fitted prior, cosine <= 0.3 apart (recipe seed 0 by default)
-    if args.select == "predicted":
-        from facefoundry.generators.identities import draw_identities
-        from facefoundry.generators.idiff_face.generate import identity_space
-        from facefoundry.generators.settings import IdentitySettings
+    from facefoundry.generators.identities import draw_identities
+    from facefoundry.generators.idiff_face.generate import identity_space
+    from facefoundry.generators.settings import IdentitySettings
 
-        settings = IdentitySettings(
-            count=n_ids, method="fitted", tau=0.3, select="predicted", pool=args.pool
-        )
-        space = identity_space(None, baseline.model)
-        table = draw_identities(settings, args.identity_seed, space)
-    else:
-        table = make_identities(
-            n_ids,
-            config.id_dim,
-            args.identity_seed,
-            "fitted",
-            0.3,
-            prior=Path(baseline.model) / PRIOR_FILE,
-        )
+    settings = IdentitySettings(
+        count=n_ids, method="fitted", tau=0.3, select=args.select, pool=args.pool
+    )
+    table = draw_identities(settings, args.identity_seed, identity_space(None, baseline.model))
     started = time.perf_counter()
     faces, labels = real_faces(n_ids, per_id, config.sample_size)
     real = quality_report(faces, labels)
