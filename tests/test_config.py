@@ -35,6 +35,16 @@ def test_alternating_detail_guidance_without_both_guidances_is_a_recipe_error():
         None, [*alternate, "generate.guidance_scale=3", "generate.detail_guidance=1"]
     )
     assert recipe.generate.detail_alternate
+    late = load_recipe(
+        None,
+        [
+            *alternate,
+            "generate.guidance_scale=3",
+            "generate.detail_guidance=1",
+            "generate.guidance_interval=[0, 900]",
+        ],
+    )
+    assert late.generate.guidance_interval == (0, 900)
     for missing in (["generate.guidance_scale=3"], ["generate.detail_guidance=1"]):
         with pytest.raises(RecipeError, match="detail_alternate alternates"):
             load_recipe(None, [*alternate, *missing])

@@ -221,6 +221,7 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         steps=args.steps,
         guidance_scale=args.guidance,
+        guidance_interval=args.guidance_interval,
         detail_guidance=args.detail_guidance,
         detail_axes=args.detail_axes,
         detail_alternate=args.detail_alternate,
@@ -281,6 +282,7 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
             "scheduler": args.scheduler,
             "steps": args.steps,
             "guidance_scale": args.guidance,
+            "guidance_interval": args.guidance_interval,
             "detail_guidance": args.detail_guidance,
             "detail_axes": args.detail_axes,
             "detail_alternate": args.detail_alternate,
@@ -307,6 +309,7 @@ def fit_from_run_folders(model: str, runs: list[str], ridge: float, residual: di
         "scheduler",
         "steps",
         "guidance_scale",
+        "guidance_interval",
         "detail_guidance",
         "detail_axes",
         "detail_alternate",
@@ -497,6 +500,18 @@ def add_detail_alternate(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evaluate the unconditional branch and the detail twin on alternate steps "
         "(two model calls per step instead of three)",
+    )
+
+
+def add_guidance_interval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--guidance-interval",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="guidance only for timesteps LO <= t <= HI, the condition alone elsewhere "
+        "(e.g. 0 900 leaves the first of 8 steps unguided: wider pose, BENCHMARKS s52)",
     )
 
 
@@ -773,6 +788,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--detail-axes", type=positive_int, default=32, help="axes a detail-guidance twin keeps"
     )
     add_detail_alternate(sample)
+    add_guidance_interval(sample)
     sample.add_argument("--batch-size", type=positive_int, default=64)
     sample.add_argument(
         "--compile",
@@ -805,6 +821,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     fit_map.add_argument("--detail-guidance", type=float, default=1.0)
     fit_map.add_argument("--detail-axes", type=positive_int, default=32)
     add_detail_alternate(fit_map)
+    add_guidance_interval(fit_map)
     fit_map.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit_map.add_argument(
         "--from-run",

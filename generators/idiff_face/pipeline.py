@@ -119,7 +119,9 @@ class IDiffFacePipeline:
         ``detail_axes`` strongest axes (``detail_guidance.py``). ``detail_alternate``:
         with both guidances, each step evaluates the condition and one reference, the
         unconditional branch on even steps and the twin on odd ones, reusing the other's
-        last difference (two model calls per step instead of three). ``shared_noise``
+        last difference (two model calls per step instead of three); outside
+        ``guidance_interval`` such a step is the condition alone, and the first guided step
+        always evaluates the unconditional branch. ``shared_noise``
         rho > 0: each sample's initial noise is sqrt(1 - rho) x its own plus sqrt(rho) x
         one drawn from ``shared_seeds`` (one seed per identity, repeated over its
         samples), so an identity's samples share part of their coarse structure."""
@@ -136,7 +138,7 @@ class IDiffFacePipeline:
         if detail_alternate:
             from facefoundry.generators.idiff_face.settings import alternate_problem
 
-            problem = alternate_problem(guidance_scale, detail_guidance, guidance_interval)
+            problem = alternate_problem(guidance_scale, detail_guidance)
             if problem:
                 raise ValueError(problem)
         images = []
@@ -213,6 +215,7 @@ class IDiffFacePipeline:
             timesteps = tqdm(timesteps, desc=f"{self.scheduler_name} x{len(seeds)}", leave=False)
         stale = {}  # alternate: the reference differences last evaluated
         for step, t in enumerate(timesteps):
+            guided = use_cfg and (interval is None or interval[0] <= int(t) <= interval[1])
             if alternate:
                 output = self._alternate_step(
                     latents,
@@ -220,14 +223,14 @@ class IDiffFacePipeline:
                     scheduler,
                     identity,
                     twins,
-                    step % 2,
+                    step % 2 == 1 and "unconditional" in stale,
                     guidance_scale,
                     detail[0],
                     stale,
+                    guided,
                 )
                 latents = self._scheduler_step(scheduler, output, t, latents, generators)
                 continue
-            guided = use_cfg and (interval is None or interval[0] <= int(t) <= interval[1])
             step_identity, step_drop = (identity_in, drop) if guided else (identity, None)
             if twins is not None:  # one more branch: the condition's major-axis twin
                 step_identity = torch.cat([step_identity, twins])
@@ -266,12 +269,19 @@ class IDiffFacePipeline:
         latents = scheduler.step(output.float(), t, latents.float(), **step_kwargs).prev_sample
         return latents.to(self.dtype)
 
-    def _alternate_step(self, latents, t, scheduler, identity, twins, odd, scale, detail, stale):
+    def _alternate_step(
+        self, latents, t, scheduler, identity, twins, odd, scale, detail, stale, guided=True
+    ):
         """One step of alternating guidance: the condition and, on even steps, the
         unconditional branch, on odd steps the twin. A fresh unconditional output gives
         plain classifier-free guidance (bit for bit, when no twin has been evaluated yet);
-        the other reference enters through its last difference from the condition."""
+        the other reference enters through its last difference from the condition.
+        Unguided (outside the guidance interval): the condition alone, one model call."""
         n = len(identity)
+        if not guided:
+            model_in = scheduler.scale_model_input(latents, t)
+            t_batch = torch.full((n,), int(t), device=self.device, dtype=torch.long)
+            return self.model(model_in, t_batch, identity, None)
         model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
         t_batch = torch.full((2 * n,), int(t), device=self.device, dtype=torch.long)
         if odd:  # (condition, twin)

@@ -9,15 +9,13 @@ from pydantic import Field, model_validator
 from facefoundry.generators.settings import GeneratorSettings
 
 
-def alternate_problem(
-    guidance_scale: float, detail_guidance: float, guidance_interval: object
-) -> str | None:
+def alternate_problem(guidance_scale: float, detail_guidance: float) -> str | None:
     """Why ``detail_alternate`` cannot run with these settings (None: it can). It swaps the
-    unconditional branch and the twin step by step, so it needs both guidances on every step."""
-    if guidance_scale == 1.0 or not detail_guidance or guidance_interval:
+    unconditional branch and the twin step by step, so it needs both guidances."""
+    if guidance_scale == 1.0 or not detail_guidance:
         return (
             "detail_alternate alternates classifier-free and detail guidance: it needs "
-            "guidance_scale != 1, detail_guidance > 0 and no guidance_interval"
+            "guidance_scale != 1 and detail_guidance > 0"
         )
     return None
 
@@ -31,7 +29,9 @@ class IDiffFaceSettings(GeneratorSettings):
     steps: int = Field(25, ge=1)
     guidance_scale: float = Field(1.0, ge=0.0)
     guidance_interval: tuple[int, int] | None = Field(
-        None, description="guidance only for timesteps lo <= t <= hi (None: every step)"
+        None,
+        description="guidance only for timesteps lo <= t <= hi (None: every step); with "
+        "detail_alternate, detail guidance too: outside it the condition alone (one model call)",
     )
     detail_guidance: float = Field(
         0.0,
@@ -63,9 +63,7 @@ class IDiffFaceSettings(GeneratorSettings):
     @model_validator(mode="after")
     def _check_alternate(self):
         if self.detail_alternate:
-            problem = alternate_problem(
-                self.guidance_scale, self.detail_guidance, self.guidance_interval
-            )
+            problem = alternate_problem(self.guidance_scale, self.detail_guidance)
             if problem:
                 raise ValueError(problem)
         return self
