@@ -45,6 +45,8 @@ def test_alternating_detail_guidance_without_both_guidances_is_a_recipe_error():
         ],
     )
     assert late.generate.guidance_interval == (0, 900)
+    with pytest.raises(RecipeError, match="inverted"):
+        load_recipe(None, ["generate.guidance_interval=[900, 0]"])
     for missing in (["generate.guidance_scale=3"], ["generate.detail_guidance=1"]):
         with pytest.raises(RecipeError, match="detail_alternate alternates"):
             load_recipe(None, [*alternate, *missing])

@@ -420,6 +420,8 @@ def test_alternating_guidance_interval_leaves_high_noise_steps_to_the_condition_
     assert second[1] == 16 and second[2] is not None and second[2].any()
     assert third[2] is not None and fourth[2] is None
     assert not np.array_equal(late, alternating) and not np.array_equal(late, unguided)
+    with pytest.raises(ValueError, match="inverted"):
+        pipeline(identities, [4, 5], steps=2, guidance_scale=3.0, guidance_interval=(900, 0))
 
 
 def test_wrong_embedding_dimension_and_missing_model_are_clear_errors(tmp_path):

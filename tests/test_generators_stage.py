@@ -128,6 +128,19 @@ def test_identity_dimension_mismatch_is_a_clear_error(tiny_model_dir, tmp_path, 
     assert "128-d identities" in capsys.readouterr().err  # one line, no traceback
 
 
+def test_an_inverted_guidance_interval_is_a_one_line_error_before_any_image(
+    tiny_model_dir, tmp_path, capsys
+):
+    ids = tmp_path / "identities.parquet"
+    main(["identities", "--count", "2", "--dim", "16", "--method", "uniform", "--out", str(ids)])
+    out = tmp_path / "o"
+    sample = ["generator", "sample", str(tiny_model_dir), "--identities", str(ids)]
+    code = main([*sample, "--out", str(out), "--guidance", "3", "--guidance-interval", "900", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "guidance_interval (900, 0) is inverted" in err  # a usage error
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_the_images(tiny_model_dir):
     import numpy as np
 

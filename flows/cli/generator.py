@@ -211,24 +211,31 @@ def cmd_generator_reward_tune(args: argparse.Namespace) -> int:
 def cmd_generator_sample(args: argparse.Namespace) -> int:
     existing_dir(args.model, "generator model folder")
     existing_file(args.identities, "identities table", "make one with `facefoundry identities`")
+    from pydantic import ValidationError
+
     from facefoundry.generators.identities import IdentityTable
     from facefoundry.generators.idiff_face.generate import generate_chunk
     from facefoundry.generators.idiff_face.settings import IDiffFaceSettings
 
-    settings = IDiffFaceSettings(
-        model=args.model,
-        samples_per_identity=args.per_identity,
-        scheduler=args.scheduler,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        guidance_interval=args.guidance_interval,
-        detail_guidance=args.detail_guidance,
-        detail_axes=args.detail_axes,
-        detail_alternate=args.detail_alternate,
-        batch_size=args.batch_size,
-        chunk_identities=args.chunk,
-        compile=args.compile,
-    )
+    try:
+        settings = IDiffFaceSettings(
+            model=args.model,
+            samples_per_identity=args.per_identity,
+            scheduler=args.scheduler,
+            steps=args.steps,
+            guidance_scale=args.guidance,
+            guidance_interval=args.guidance_interval,
+            detail_guidance=args.detail_guidance,
+            detail_axes=args.detail_axes,
+            detail_alternate=args.detail_alternate,
+            batch_size=args.batch_size,
+            chunk_identities=args.chunk,
+            compile=args.compile,
+        )
+    except ValidationError as error:  # one line naming the first bad option
+        first = error.errors()[0]
+        where = f"{first['loc'][0]}: " if first["loc"] else ""  # a model check has no field
+        raise UsageError(f"sample: {where}{first['msg'].removeprefix('Value error, ')}") from None
     ids = [int(i) for i in IdentityTable.load(args.identities).ids]
     parts = []
     for part, start in enumerate(range(0, len(ids), settings.chunk_identities)):
@@ -265,6 +272,10 @@ def cmd_generator_fit_realisation(args: argparse.Namespace) -> int:
         out = realisation.save(args.out or Path(args.model) / REALISATION_FILE)
         print(json.dumps({"out": str(out), **realisation.record["held_out"]}))
         return 0
+    from facefoundry.generators.idiff_face.settings import interval_problem
+
+    if problem := interval_problem(args.guidance_interval):
+        raise UsageError(f"fit-realisation: {problem}")
     check_models(read_conditioning_embedder(args.model))
     from facefoundry.generators.idiff_face.realisation_fit import fit_model_realisation
 

@@ -132,6 +132,10 @@ class IDiffFacePipeline:
             raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
         if shared_noise and (shared_seeds is None or len(shared_seeds) != len(seeds)):
             raise ValueError("shared_noise needs one shared seed per sample")
+        from facefoundry.generators.idiff_face.settings import interval_problem
+
+        if problem := interval_problem(guidance_interval):
+            raise ValueError(problem)
         detail = None
         if detail_guidance:
             detail = (float(detail_guidance), *self.major_axes(int(detail_axes)))

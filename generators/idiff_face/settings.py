@@ -9,6 +9,15 @@ from pydantic import Field, model_validator
 from facefoundry.generators.settings import GeneratorSettings
 
 
+def interval_problem(guidance_interval: tuple[int, int] | None) -> str | None:
+    """Why ``guidance_interval`` is unusable (None: it is): an inverted one would silently
+    guide no step at all."""
+    if guidance_interval is not None and guidance_interval[0] > guidance_interval[1]:
+        lo, hi = guidance_interval
+        return f"guidance_interval ({lo}, {hi}) is inverted: give lo <= hi"
+    return None
+
+
 def alternate_problem(guidance_scale: float, detail_guidance: float) -> str | None:
     """Why ``detail_alternate`` cannot run with these settings (None: it can). It swaps the
     unconditional branch and the twin step by step, so it needs both guidances."""
@@ -62,6 +71,9 @@ class IDiffFaceSettings(GeneratorSettings):
 
     @model_validator(mode="after")
     def _check_alternate(self):
+        problem = interval_problem(self.guidance_interval)
+        if problem:
+            raise ValueError(problem)
         if self.detail_alternate:
             problem = alternate_problem(self.guidance_scale, self.detail_guidance)
             if problem:
