@@ -173,6 +173,14 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_error(command: str, error) -> UsageError:
+    """One line naming the first bad option of a pydantic ``ValidationError`` (a check
+    over several fields names none)."""
+    first = error.errors()[0]
+    where = f"{first['loc'][0]}: " if first["loc"] else ""
+    return UsageError(f"{command}: {where}{first['msg'].removeprefix('Value error, ')}")
+
+
 def cmd_generator_reward_tune(args: argparse.Namespace) -> int:
     existing_file(args.data, "training set", DATA_HINT)
     existing_dir(args.init_from, "--init-from model folder")
@@ -200,9 +208,8 @@ def cmd_generator_reward_tune(args: argparse.Namespace) -> int:
             variety_grid=args.variety_grid,
             seed=args.seed,
         )
-    except ValidationError as error:  # one line naming the first bad option
-        first = error.errors()[0]
-        raise UsageError(f"reward-tune: {first['loc'][0]}: {first['msg']}") from None
+    except ValidationError as error:
+        raise settings_error("reward-tune", error) from None
     model = reward_tune(args.init_from, args.data, args.out, settings, restart=args.restart)
     print(json.dumps({"model": str(model)}))
     return 0
@@ -232,10 +239,8 @@ def cmd_generator_sample(args: argparse.Namespace) -> int:
             chunk_identities=args.chunk,
             compile=args.compile,
         )
-    except ValidationError as error:  # one line naming the first bad option
-        first = error.errors()[0]
-        where = f"{first['loc'][0]}: " if first["loc"] else ""  # a model check has no field
-        raise UsageError(f"sample: {where}{first['msg'].removeprefix('Value error, ')}") from None
+    except ValidationError as error:
+        raise settings_error("sample", error) from None
     ids = [int(i) for i in IdentityTable.load(args.identities).ids]
     parts = []
     for part, start in enumerate(range(0, len(ids), settings.chunk_identities)):
