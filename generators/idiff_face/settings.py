@@ -70,7 +70,7 @@ class IDiffFaceSettings(GeneratorSettings):
     )
 
     @model_validator(mode="after")
-    def _check_alternate(self):
+    def _check_guidance(self):
         problem = interval_problem(self.guidance_interval)
         if problem:
             raise ValueError(problem)
